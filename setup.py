@@ -1,0 +1,33 @@
+"""Install: `pip install -e .` (library + CLI) or `pip install -e ".[test]"` (tests)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    Path(__file__).with_name("tfrec_proxy").joinpath("version.py")
+                    .read_text()).group(1)
+
+setup(
+    name="tfrec_proxy",
+    version=VERSION,
+    description=("Two-tower retrieval on TensorFlow Recommenders for long-tailed, "
+                 "multi-interest catalogues."),
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tfrec_proxy", "tfrec_proxy.*"]),
+    python_requires=">=3.11,<3.12",
+    # Pinned together: ScaNN 1.4.2's TF ops are built for TF 2.20 (they fail to load
+    # on 2.21), and TFRS 0.7.7 needs Keras 2 (tf-keras).
+    install_requires=[
+        "tensorflow==2.20.0",
+        "tf-keras==2.20.1",
+        "tensorflow-recommenders==0.7.7",
+        "scann==1.4.2",
+        "numpy",
+        "pandas",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["tfrec-proxy=tfrec_proxy.cli:main"]},
+)

@@ -1,0 +1,36 @@
+"""Shared fixtures: one tiny synthetic run trained once per test session."""
+
+import pytest
+
+import tfrec_proxy  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from tfrec_proxy.config import RunConfig
+
+
+def tiny_config(**train_overrides) -> RunConfig:
+    """A run small enough to train in seconds on 2 CPU cores."""
+    config = RunConfig()
+    config.data.synthetic.num_users = 150
+    config.data.synthetic.num_items = 200
+    config.data.synthetic.num_clusters = 5
+    config.data.synthetic.seq_len = 12
+    config.data.max_len = 10
+    config.model.embedding_dim = 8
+    config.model.item_hidden_units = (8, 8)
+    config.model.num_heads = 2
+    config.train.epochs = 2
+    config.train.batch_size = 64
+    config.train.early_stopping_patience = 0
+    config.export.max_k = 20
+    for name, value in train_overrides.items():
+        setattr(config.train, name, value)
+    return config
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(TrainResult, run folder) of a tiny exported run."""
+    from tfrec_proxy.training import train
+
+    output = tmp_path_factory.mktemp("runs")
+    result = train(tiny_config(), output_dir=output, run_name="tiny", verbose=0)
+    return result, result.run_dir

@@ -1,0 +1,126 @@
+"""Export, reload parity, fresh-process loading, ScaNN vs BruteForce, bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tfrec_proxy._tf import tf
+from tfrec_proxy.export import RunFormatError, load_run, pack_histories, recommend
+
+
+def _raw_histories(data, examples, count):
+    history = examples.history[:count]
+    return [data.vocab.raw_ids(row[row > 0]).tolist() for row in history]
+
+
+def test_run_folder_layout(trained_run):
+    _, run_dir = trained_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["format"] == "tfrec_proxy.run" and manifest["format_version"] == 1
+    assert manifest["embedding_dim"] == 8 and manifest["num_interests"] == 1
+    assert manifest["max_k"] == 20
+    for name in ("query_model/saved_model.pb", "retrieval/scann/saved_model.pb",
+                 "retrieval/brute_force/saved_model.pb", "candidates.npz", "metrics.json"):
+        assert (run_dir / name).exists(), name
+    assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_reloaded_embeddings_and_topk_equal_in_memory_model(trained_run):
+    result, run_dir = trained_run
+    model, data = result.model, result.data
+    run = load_run(run_dir)
+    examples = data.split.test
+    expected_queries = model.query_embeddings(examples.history[:8])
+    np.testing.assert_allclose(run.embed(_raw_histories(data, examples, 8)), expected_queries,
+                               atol=1e-5)
+    items = model.item_embeddings(data.vocab.size)[2:]
+    np.testing.assert_allclose(run.candidate_embeddings, items, atol=1e-6)
+    ids, scores = run.recommend(_raw_histories(data, examples, 8), k=10, index="brute_force")
+    exact = expected_queries @ items.T
+    order = np.argsort(-exact, axis=1)[:, :10]
+    np.testing.assert_array_equal(ids, data.vocab.ids[order])
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, order, axis=1), atol=1e-5)
+
+
+def test_scann_agrees_with_brute_force(trained_run):
+    result, run_dir = trained_run
+    run = load_run(run_dir)
+    histories = _raw_histories(result.data, result.data.split.test, 32)
+    scann_ids, _ = run.recommend(histories, k=10, index="scann")
+    exact_ids, _ = run.recommend(histories, k=10, index="brute_force")
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(scann_ids, exact_ids)])
+    assert recall >= 0.9, recall
+
+
+def test_k_is_chosen_at_query_time(trained_run):
+    _, run_dir = trained_run
+    run = load_run(run_dir)
+    ids_5, _ = run.recommend([3, 4, 5], k=5, index="scann")
+    ids_20, _ = run.recommend([3, 4, 5], k=20, index="scann")
+    assert ids_5.shape == (1, 5) and ids_20.shape == (1, 20)
+    np.testing.assert_array_equal(ids_5[0], ids_20[0, :5])
+
+
+def test_loads_in_a_fresh_process(trained_run):
+    result, run_dir = trained_run
+    in_memory, _ = load_run(run_dir).recommend([3, 4, 5], k=5)
+    script = textwrap.dedent(f"""
+        import json, tfrec_proxy
+        from tfrec_proxy.export import recommend
+        ids, scores = recommend({str(run_dir)!r}, [3, 4, 5], k=5)
+        print(json.dumps([int(i) for i in ids]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == in_memory[0].tolist()
+
+
+def test_pack_histories_left_aligns_and_truncates():
+    packed = pack_histories(tf.constant([[5, 6, 0, 0], [0, 7, 0, 8], [1, 2, 3, 4]]), 3)
+    np.testing.assert_array_equal(packed.numpy(), [[0, 5, 6], [0, 7, 8], [2, 3, 4]])
+
+
+def test_bad_histories_and_k(trained_run):
+    _, run_dir = trained_run
+    run = load_run(run_dir)
+    with pytest.raises(ValueError, match="history is empty"):
+        run.recommend([], k=5)
+    with pytest.raises(ValueError, match="item id is NaN"):
+        run.recommend([3, float("nan")], k=5)
+    with pytest.raises(ValueError, match="item id 'x' is not an integer"):
+        run.recommend([3, "x"], k=5)
+    with pytest.raises(ValueError, match="item id 2.5 is not an integer"):
+        run.recommend([2.5], k=5)
+    with pytest.raises(ValueError, match="k=201 exceeds the catalogue size"):
+        run.recommend([3], k=201)
+    with pytest.raises(ValueError, match="k=21 exceeds max_k=20"):
+        run.recommend([3], k=21)
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        run.recommend([3], k=0)
+    with pytest.warns(UserWarning, match="2 of 3 history item ids are not in the run's vocabulary"):
+        ids, _ = run.recommend([3, 123456, 999999], k=5)
+    assert ids.shape == (1, 5)
+
+
+def test_invalid_run_folders(trained_run, tmp_path):
+    _, run_dir = trained_run
+    with pytest.raises(RunFormatError, match="does not exist"):
+        load_run(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    shutil.rmtree(broken / "retrieval" / "scann")
+    with pytest.raises(RunFormatError, match=r"missing \['retrieval/scann/saved_model.pb'\]"):
+        load_run(broken)
+    future = tmp_path / "future"
+    shutil.copytree(run_dir, future)
+    manifest = json.loads((future / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (future / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunFormatError, match="format version 99 is not supported"):
+        load_run(future)

@@ -1,0 +1,184 @@
+"""Sequences: grouping, chunking, leave-one-out, frequencies and tf.data batches."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfrec_proxy.data.sequences import (Examples, head_item_mask, item_frequencies,
+                                        leave_one_out, make_dataset, sampling_probabilities,
+                                        split_long_sequences, user_sequences)
+from tfrec_proxy.data.vocab import Vocabulary
+
+
+def _assert_equal(actual, expected, dtype):
+    np.testing.assert_array_equal(actual, expected)
+    assert actual.dtype == dtype
+
+
+def test_user_sequences_sort_by_time_and_keep_row_order_on_ties():
+    frame = pd.DataFrame({"user_id": [7, 3, 7, 3, 3],
+                          "item_id": [100, 200, 300, 100, 999],
+                          "timestamp": [5, 2, 1, 2, 0]})
+    vocab = Vocabulary.from_ids([100, 200, 300])  # 100 -> 2, 200 -> 3, 300 -> 4
+    users, sequences = user_sequences(frame, vocab)
+    _assert_equal(users, [3, 7], np.int64)
+    assert len(sequences) == 2
+    _assert_equal(sequences[0], [1, 3, 2], np.int32)  # 999 unknown -> OOV; tie: row order
+    _assert_equal(sequences[1], [4, 2], np.int32)
+
+
+def test_split_counts_chunks_from_the_end():
+    sequence = np.arange(1, 66, dtype=np.int32)
+    owners, chunks, dropped = split_long_sequences(np.array([9]), [sequence], max_len=30)
+    _assert_equal(owners, [9, 9, 9], np.int64)
+    assert [len(chunk) for chunk in chunks] == [5, 30, 30]
+    np.testing.assert_array_equal(np.concatenate(chunks), sequence)
+    np.testing.assert_array_equal(chunks[0], [1, 2, 3, 4, 5])
+    assert chunks[2][0] == 36 and dropped == 0
+
+    owners, chunks, dropped = split_long_sequences(np.array([9]), [sequence], max_len=30,
+                                                   min_len=6)
+    assert [len(chunk) for chunk in chunks] == [30, 30] and chunks[0][0] == 6
+    np.testing.assert_array_equal(owners, [9, 9])
+    assert dropped == 5
+
+
+def test_split_drops_short_sequences_across_users():
+    sequences = [np.array([4, 5]), np.arange(2, 62), np.array([], dtype=np.int32),
+                 np.array([7, 8, 9])]
+    owners, chunks, dropped = split_long_sequences(np.array([1, 2, 3, 4]), sequences,
+                                                   max_len=30, min_len=3)
+    np.testing.assert_array_equal(owners, [2, 2, 4])
+    assert [len(chunk) for chunk in chunks] == [30, 30, 3]
+    np.testing.assert_array_equal(chunks[2], [7, 8, 9])
+    assert dropped == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_len": 0}, "max_len must be a positive integer, got 0"),
+    ({"min_len": 0}, "min_len must be a positive integer, got 0"),
+    ({"max_len": 3, "min_len": 4}, "min_len must be <= max_len=3, got 4"),
+])
+def test_split_rejects_bad_lengths(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        split_long_sequences(np.array([1]), [np.arange(5)], **kwargs)
+
+
+def test_split_rejects_mismatched_users():
+    with pytest.raises(ValueError, match=r"one entry per sequence, got shape \(2,\) for 1"):
+        split_long_sequences(np.array([1, 2]), [np.arange(5)])
+
+
+def test_leave_one_out_by_hand():
+    owners = np.array([10, 10, 20])
+    chunks = [np.array([2, 3, 4, 5, 6]), np.array([6, 2, 7]), np.array([7, 8, 9])]
+    split = leave_one_out(owners, chunks, history_len=3)
+
+    _assert_equal(split.train.history, [[0, 0, 2], [0, 2, 3]], np.int32)
+    _assert_equal(split.train.target, [3, 4], np.int32)
+    _assert_equal(split.train.user, [10, 10], np.int64)
+
+    _assert_equal(split.validation.history, [[2, 3, 4], [0, 0, 6], [0, 0, 7]], np.int32)
+    _assert_equal(split.validation.target, [5, 2, 8], np.int32)
+    _assert_equal(split.validation.user, [10, 10, 20], np.int64)
+
+    _assert_equal(split.test.history, [[3, 4, 5], [0, 6, 2], [0, 7, 8]], np.int32)
+    _assert_equal(split.test.target, [6, 7, 9], np.int32)
+    _assert_equal(split.test.user, [10, 10, 20], np.int64)
+
+    assert (len(split.train), len(split.validation), len(split.test)) == (2, 3, 3)
+    assert sorted(split.user_items) == [10, 20]
+    _assert_equal(split.user_items[10], [2, 3, 4, 5, 6, 7], np.int32)
+    _assert_equal(split.user_items[20], [7, 8, 9], np.int32)
+
+
+def test_leave_one_out_left_pads_to_history_len():
+    split = leave_one_out(np.array([20]), [np.array([7, 8, 9])], history_len=30)
+    assert split.test.history.shape == (1, 30)
+    np.testing.assert_array_equal(split.test.history[0], [0] * 28 + [7, 8])
+    np.testing.assert_array_equal(split.validation.history[0], [0] * 29 + [7])
+    assert len(split.train) == 0 and split.train.history.shape == (0, 30)
+
+
+def test_leave_one_out_rejects_short_chunks():
+    with pytest.raises(ValueError, match=r"chunk 1 \(user 20\) has 2 item\(s\); "
+                                         r"leave_one_out needs >= 3"):
+        leave_one_out(np.array([10, 20]), [np.array([2, 3, 4]), np.array([5, 6])])
+    with pytest.raises(ValueError, match="no chunks"):
+        leave_one_out(np.array([], dtype=np.int64), [])
+
+
+def test_examples_check_shapes():
+    with pytest.raises(ValueError, match=r"history \[N, L\] and target \[N\]"):
+        Examples(history=np.zeros((2, 3), np.int32), target=np.zeros(3, np.int32),
+                 user=np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"user \[N\] with N=2, got shape \(3,\)"):
+        Examples(history=np.zeros((2, 3), np.int32), target=np.zeros(2, np.int32),
+                 user=np.zeros(3, np.int64))
+
+
+def test_frequencies_and_probabilities_by_hand():
+    counts = item_frequencies(np.array([2, 3, 3, 4, 3]), vocab_size=6)
+    _assert_equal(counts, [0, 0, 1, 3, 1, 0], np.float64)
+    # Sum 5: zero counts get 1 / 5 instead of 0.
+    _assert_equal(sampling_probabilities(counts), np.array([0.2, 0.2, 0.2, 0.6, 0.2, 0.2],
+                                                           np.float32), np.float32)
+    with pytest.raises(ValueError, match=r"target index 6 is out of range: expected .*0..5"):
+        item_frequencies(np.array([2, 6]), vocab_size=6)
+    with pytest.raises(ValueError, match="counts are all zero"):
+        sampling_probabilities(np.zeros(4))
+    with pytest.raises(ValueError, match="counts must be finite and >= 0, got -1.0 at index 2"):
+        sampling_probabilities(np.array([0.0, 0.0, -1.0, 2.0]))
+
+
+def test_head_item_mask_by_hand():
+    # Items (index >= 2) by count: 3 and 6 (9), then 2 and 4 (5), 8 (2), 5 (1), 7 (0).
+    counts = np.array([100, 50, 5, 9, 5, 1, 9, 0, 2], dtype=np.float64)
+    head = head_item_mask(counts, fraction=0.2)  # ceil(0.2 * 7) = 2
+    assert head.dtype == bool and head.shape == (9,)
+    assert np.flatnonzero(head).tolist() == [3, 6]
+    assert np.flatnonzero(head_item_mask(counts, 0.3)).tolist() == [2, 3, 6]  # tie -> 2
+    assert np.flatnonzero(head_item_mask(counts, 0.5)).tolist() == [2, 3, 4, 6]
+    assert not head_item_mask(counts, 0.0).any()
+    assert np.flatnonzero(head_item_mask(counts, 1.0)).tolist() == list(range(2, 9))
+    # 0.2 * 35 = 7.000000000000001 in floating point: still 7 head items.
+    assert head_item_mask(np.arange(37.0), 0.2).sum() == 7
+    with pytest.raises(ValueError, match="fraction must be in"):
+        head_item_mask(counts, 1.5)
+
+
+def _examples(n, width=3):
+    history = np.arange(n * width, dtype=np.int32).reshape(n, width)
+    return Examples(history=history, target=np.arange(100, 100 + n, dtype=np.int32),
+                    user=np.arange(n, dtype=np.int64))
+
+
+def test_make_dataset_batches_in_order():
+    from tfrec_proxy._tf import tf
+
+    dataset = make_dataset(_examples(5), batch_size=2)
+    assert dataset.element_spec == {
+        "history": tf.TensorSpec(shape=(None, 3), dtype=tf.int32),
+        "target": tf.TensorSpec(shape=(None,), dtype=tf.int32)}
+    batches = list(dataset.as_numpy_iterator())
+    assert [batch["target"].tolist() for batch in batches] == [[100, 101], [102, 103], [104]]
+    np.testing.assert_array_equal(batches[2]["history"], [[12, 13, 14]])
+
+    dropped = make_dataset(_examples(5), batch_size=2, drop_remainder=True)
+    assert dropped.element_spec["history"].shape == (2, 3)
+    assert len(list(dropped)) == 2
+
+
+def test_make_dataset_reshuffles_every_pass():
+    dataset = make_dataset(_examples(50), batch_size=50, shuffle=True, seed=3)
+    first, second = (next(iter(dataset))["target"].numpy() for _ in range(2))
+    np.testing.assert_array_equal(np.sort(first), np.arange(100, 150))
+    np.testing.assert_array_equal(np.sort(second), np.arange(100, 150))
+    assert not np.array_equal(first, second)
+
+
+def test_make_dataset_rejects_bad_input():
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        make_dataset(_examples(2), batch_size=0)
+    with pytest.raises(ValueError, match="examples is empty"):
+        make_dataset(_examples(0), batch_size=4)

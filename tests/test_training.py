@@ -1,0 +1,45 @@
+"""Training: loss goes down, early stopping watches the validation metric, config JSON."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfrec_proxy.config import RunConfig
+from tfrec_proxy.training import get_strategy, train
+
+from conftest import tiny_config
+
+
+def test_training_reduces_loss_and_beats_chance(trained_run):
+    result, _ = trained_run
+    losses = result.history["loss"]
+    assert len(losses) == 2 and losses[-1] < losses[0]
+    assert "val_hr@20" in result.history and "val_ndcg@20" in result.history
+    # 99 sampled negatives: a random ranker has HR@20 = 0.2 in expectation.
+    assert result.metrics["sampled/hr@20"] > 0.3
+    assert set(result.metrics) >= {"full/hr@20", "sampled/head/hr@20", "sampled/tail/ndcg@5"}
+
+
+def test_early_stopping_restores_and_stops(tmp_path):
+    config = tiny_config(epochs=6, early_stopping_patience=1, learning_rate=0.0)
+    # With a zero learning rate nothing improves after epoch 1, so training stops at 2.
+    result = train(config, export=False, verbose=0)
+    assert len(result.history["loss"]) == 2
+    assert result.run_dir is None
+
+
+def test_config_json_round_trip_and_unknown_keys(tmp_path):
+    config = tiny_config()
+    config.to_json(tmp_path / "config.json")
+    assert RunConfig.from_json(tmp_path / "config.json") == config
+    with pytest.raises(ValueError, match=r"config.train: unknown key\(s\) \['epoch'\]"):
+        RunConfig.from_dict({"train": {"epoch": 3}})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="Cannot read run config"):
+        RunConfig.from_json(tmp_path / "bad.json")
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="Unknown strategy 'tpu'"):
+        get_strategy("tpu")

@@ -1,0 +1,184 @@
+"""Run configuration: data, model, training and export settings as dataclasses.
+
+A `RunConfig` is written to `config.json` in every run folder, so a run can be rebuilt
+(`tfrec-proxy export`) and re-evaluated (`tfrec-proxy evaluate`) from the folder alone.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Type, TypeVar, Union
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class SyntheticConfig:
+    """Parameters of the IDW Appendix A generator (`tfrec_proxy.data.generate_long_tail`).
+
+    The defaults make the embedded default dataset: big enough to show a long tail,
+    small enough that `tfrec-proxy train` finishes in minutes on 2 CPU cores.
+    """
+
+    num_users: int = 2000
+    num_items: int = 1000
+    num_clusters: int = 20
+    seq_len: int = 30
+    interest_skew: float = 1.0
+    item_skew: float = 0.5
+    interests_per_user: int = 3
+    alpha: float = 0.6
+    gamma: float = 0.3
+    epsilon: float = 0.1
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where interactions come from and how sequences are built.
+
+    Attributes:
+        source: `"synthetic"` (the embedded generator) or `"file"` (MovieLens
+            `ratings.dat` or SASRec `user item` text, read from `path`).
+        path: A file or folder for `source="file"`.
+        synthetic: Generator parameters for `source="synthetic"`.
+        max_len: Sequences longer than this are split into several (IDW §4.1); also
+            the history length fed to the query tower.
+        min_len: Chunks shorter than this are dropped (3 = one train, one
+            validation and one test target).
+    """
+
+    source: str = "synthetic"
+    path: Optional[str] = None
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    max_len: int = 30
+    min_len: int = 3
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Two-tower model; defaults are the IDW paper's §4.4 sizes.
+
+    Attributes:
+        embedding_dim: Output size of both towers (d).
+        num_layers: Self-attention blocks in the query tower.
+        num_heads: Attention heads per block.
+        dropout: Dropout rate inside the query tower.
+        item_hidden_units: Dense layer sizes of the item tower MLP; the last one
+            must equal `embedding_dim`.
+        extraction: How the sequence encoder's outputs become one user vector:
+            `"last"` (most recent position) or `"mean"` (masked mean).
+        scorer: Affinity between query and candidate vectors (`"dot"`).
+        logq_correction: Subtract log p(item) from in-batch logits.
+        remove_accidental_hits: Mask in-batch negatives equal to the positive.
+        temperature: Optional logit temperature.
+    """
+
+    embedding_dim: int = 16
+    num_layers: int = 2
+    num_heads: int = 4
+    dropout: float = 0.1
+    item_hidden_units: Tuple[int, ...] = (16, 16)
+    extraction: str = "last"
+    scorer: str = "dot"
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    temperature: Optional[float] = None
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Keras `fit` settings.
+
+    Attributes:
+        epochs: Maximum epochs (early stopping may end sooner).
+        batch_size: Examples per replica per step (global batch = this x replicas).
+        learning_rate: Adam learning rate (IDW §4.4: 0.01).
+        early_stopping_patience: Epochs without improvement of `monitor` before
+            stopping; 0 disables early stopping.
+        monitor: Validation metric to watch (`val_hr@20`, `val_ndcg@20`, `val_loss`).
+        eval_ks: Cut-offs for HR@k / NDCG@k.
+        seed: Seed for TensorFlow, shuffling and negative sampling.
+        strategy: `"default"`, `"mirrored"` or `"multi_worker"` (tf.distribute).
+        mixed_precision: Use the `mixed_float16` Keras policy (GPU).
+        jit_compile: XLA-compile the train step.
+        tensorboard_dir: Write TensorBoard logs here when set.
+    """
+
+    epochs: int = 20
+    batch_size: int = 256
+    learning_rate: float = 0.01
+    early_stopping_patience: int = 3
+    monitor: str = "val_ndcg@20"
+    eval_ks: Tuple[int, ...] = (5, 20)
+    seed: int = 0
+    strategy: str = "default"
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    tensorboard_dir: Optional[str] = None
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """Run-folder export settings.
+
+    Attributes:
+        max_k: Largest k a caller may ask of the exported retrieval models.
+        scann_num_leaves: ScaNN partitions; None picks ~sqrt(#candidates).
+        scann_leaves_to_search: Partitions searched per query; None picks a tenth
+            of the leaves (at least 10, at most all).
+        scann_reorder: Candidates re-scored exactly; None picks 4 x max_k.
+    """
+
+    max_k: int = 100
+    scann_num_leaves: Optional[int] = None
+    scann_leaves_to_search: Optional[int] = None
+    scann_reorder: Optional[int] = None
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything needed to rebuild a run."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "RunConfig":
+        """Builds a config from a (possibly partial) dict; unknown keys are errors."""
+        return _from_dict(cls, values, "config")
+
+    def to_json(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: Union[str, Path]) -> "RunConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"Cannot read run config {str(path)!r}: {error}") from error
+        return cls.from_dict(values)
+
+
+def _from_dict(cls: Type[T], values: Any, where: str) -> T:
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {values!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}.")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            value = _from_dict(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,339 @@
+"""User sequences, chunking (IDW §4.1), leave-one-out examples and `tf.data` input.
+
+Item sequences hold vocabulary indices (int32, `PAD = 0`, `OOV = 1`). The pipeline is
+
+    user_sequences -> split_long_sequences -> leave_one_out -> make_dataset
+
+with `item_frequencies`, `sampling_probabilities` and `head_item_mask` computed from the
+training targets (logQ correction, head/tail metrics).
+"""
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from tfrec_proxy.data.loaders import validate_interactions
+from tfrec_proxy.data.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from tfrec_proxy._tf import tf
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _flatten(users: np.ndarray, sequences: Sequence[np.ndarray]
+             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checks `(users, sequences)` and concatenates the sequences.
+
+    Returns:
+        `(users, lengths, items)`: int64 `[S]`, int64 `[S]` and the concatenated items
+        `[sum(lengths)]`.
+    """
+    users = np.asarray(users)
+    if users.ndim != 1 or len(users) != len(sequences):
+        raise ValueError(f"users must be 1-D with one entry per sequence, got shape "
+                         f"{users.shape} for {len(sequences)} sequences")
+    for position, sequence in enumerate(sequences):
+        if np.ndim(sequence) != 1:
+            raise ValueError(f"sequence {position} (user {users[position]}) must be 1-D, "
+                             f"got shape {np.shape(sequence)}")
+    lengths = np.array([len(sequence) for sequence in sequences], dtype=np.int64)
+    items = (np.concatenate(sequences) if len(sequences)
+             else np.empty(0, dtype=np.int32))
+    return users.astype(np.int64), lengths, items
+
+
+def user_sequences(interactions: pd.DataFrame, vocab: Vocabulary
+                   ) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """Groups interactions into one time-ordered item sequence per user.
+
+    Args:
+        interactions: frame with `user_id`, `item_id`, `timestamp` (see
+            `validate_interactions`).
+        vocab: item vocabulary; unknown items become `OOV`.
+
+    Returns:
+        `(users, sequences)`: int64 `[U]` raw user ids ascending, and per user an int32
+        array of item indices sorted by timestamp (stable: equal timestamps keep row
+        order).
+    """
+    frame = validate_interactions(interactions)
+    users = frame["user_id"].to_numpy()
+    order = np.lexsort((frame["timestamp"].to_numpy(), users))  # stable
+    unique_users, starts = np.unique(users[order], return_index=True)
+    items = vocab.lookup(frame["item_id"].to_numpy()[order])
+    return unique_users, np.split(items, starts[1:])
+
+
+def split_long_sequences(users: np.ndarray, sequences: Sequence[np.ndarray],
+                         max_len: int = 30, min_len: int = 3
+                         ) -> Tuple[np.ndarray, List[np.ndarray], int]:
+    """Cuts sequences into chunks of at most `max_len` (IDW §4.1).
+
+    Chunks are counted from the end of each sequence, so the most recent chunk is full
+    and the oldest holds the remainder: a length-65 sequence with `max_len=30` gives
+    chunks of 5, 30, 30 (oldest first). Chunks shorter than `min_len` are dropped.
+
+    Args:
+        users: int64 `[S]` owner of each sequence.
+        sequences: S 1-D item-index arrays in time order.
+        max_len: longest chunk.
+        min_len: shortest chunk kept, in 1..max_len.
+
+    Returns:
+        `(owners, chunks, num_dropped)`: int64 `[N]` owner of each chunk, the N chunks
+        (per owner, oldest first, same dtype as the input) and the number of
+        interactions in dropped chunks.
+
+    Raises:
+        ValueError: bad lengths, or `users` and `sequences` do not match.
+    """
+    _check_positive("max_len", max_len)
+    _check_positive("min_len", min_len)
+    if min_len > max_len:
+        raise ValueError(f"min_len must be <= max_len={max_len}, got {min_len}")
+    users, lengths, items = _flatten(users, sequences)
+    num_chunks = -(-lengths // max_len)
+    chunk_lengths = np.full(int(num_chunks.sum()), max_len, dtype=np.int64)
+    has_chunks = num_chunks > 0
+    oldest = (np.cumsum(num_chunks) - num_chunks)[has_chunks]
+    chunk_lengths[oldest] = (lengths - (num_chunks - 1) * max_len)[has_chunks]
+    owners = np.repeat(users, num_chunks)
+    chunks = np.split(items, np.cumsum(chunk_lengths)[:-1])
+    keep = chunk_lengths >= min_len
+    return (owners[keep], [chunk for chunk, k in zip(chunks, keep) if k],
+            int(chunk_lengths[~keep].sum()))
+
+
+@dataclass(frozen=True, eq=False)
+class Examples:
+    """Next-item examples.
+
+    Attributes:
+        history: int32 `[N, L]` item indices, left-padded with `PAD` so the most recent
+            item is the last column.
+        target: int32 `[N]` next item index.
+        user: int64 `[N]` raw user id.
+    """
+
+    history: np.ndarray
+    target: np.ndarray
+    user: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.target)
+        if np.ndim(self.history) != 2 or len(self.history) != n or np.ndim(self.target) != 1:
+            raise ValueError(f"Examples needs history [N, L] and target [N], got shapes "
+                             f"{np.shape(self.history)} and {np.shape(self.target)}")
+        if np.shape(self.user) != (n,):
+            raise ValueError(f"Examples needs user [N] with N={n}, got shape "
+                             f"{np.shape(self.user)}")
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceSplit:
+    """Leave-one-out split of chunked sequences.
+
+    Attributes:
+        train: every earlier prefix -> next item.
+        validation: all but the last two items -> second-to-last item.
+        test: all but the last item -> last item.
+        user_items: raw user id -> int32 sorted unique item indices over all the user's
+            chunks (targets included): the items to exclude when sampling negatives.
+    """
+
+    train: Examples
+    validation: Examples
+    test: Examples
+    user_items: Dict[int, np.ndarray]
+
+
+def leave_one_out(users: np.ndarray, sequences: Sequence[np.ndarray],
+                  history_len: int = 30) -> SequenceSplit:
+    """Builds leave-one-out train / validation / test examples from chunks.
+
+    For a chunk `s` of length n >= 3: test is `s[:n-1] -> s[n-1]`, validation is
+    `s[:n-2] -> s[n-2]` and train is `s[:t] -> s[t]` for t = 1..n-3. Each history holds
+    the last `history_len` items of its prefix, left-padded with `PAD`. Examples are in
+    chunk order, then time order.
+
+    Args:
+        users: int64 `[S]` owner of each chunk (raw user id).
+        sequences: S 1-D item-index chunks, e.g. from `split_long_sequences`.
+        history_len: L, the history width.
+
+    Returns:
+        The split; see `SequenceSplit`.
+
+    Raises:
+        ValueError: there is no chunk, a chunk is shorter than 3, or the arguments do
+            not match.
+    """
+    _check_positive("history_len", history_len)
+    owners, lengths, items = _flatten(users, sequences)
+    if not len(lengths):
+        raise ValueError("no chunks: leave_one_out needs at least one sequence")
+    short = np.flatnonzero(lengths < 3)
+    if short.size:
+        position = short[0]
+        raise ValueError(f"chunk {position} (user {owners[position]}) has "
+                         f"{lengths[position]} item(s); leave_one_out needs >= 3 per chunk "
+                         "(drop shorter ones with split_long_sequences(min_len=3))")
+    items = items.astype(np.int32)
+    num_sequences = len(lengths)
+    starts = np.cumsum(lengths) - lengths
+    # Each chunk is preceded by L padding slots, so the window of L slots before any
+    # target holds only padding and earlier items of the target's own chunk.
+    chunk_of_item = np.repeat(np.arange(num_sequences), lengths)
+    padded = np.zeros(len(items) + history_len * num_sequences, dtype=np.int32)
+    padded[np.arange(len(items)) + history_len * (chunk_of_item + 1)] = items
+    windows = np.lib.stride_tricks.sliding_window_view(padded, history_len)
+
+    # One example per (chunk, t) with t = 1..n-1.
+    per_chunk = lengths - 1
+    example_chunk = np.repeat(np.arange(num_sequences), per_chunk)
+    t = np.arange(int(per_chunk.sum())) - np.repeat(np.cumsum(per_chunk) - per_chunk,
+                                                    per_chunk) + 1
+    target_slot = starts[example_chunk] + t + history_len * (example_chunk + 1)
+    steps_from_end = lengths[example_chunk] - t  # 1 = test, 2 = validation
+
+    def examples(mask: np.ndarray) -> Examples:
+        slots = target_slot[mask]
+        return Examples(history=windows[slots - history_len], target=padded[slots],
+                        user=owners[example_chunk[mask]])
+
+    # Unique (user, item) pairs, grouped by user.
+    item_owner = owners[chunk_of_item]
+    order = np.lexsort((items, item_owner))
+    pair_owner, pair_item = item_owner[order], items[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (pair_owner[1:] != pair_owner[:-1]) | (pair_item[1:] != pair_item[:-1])
+    pair_owner, pair_item = pair_owner[first], pair_item[first]
+    user_ids, user_starts = np.unique(pair_owner, return_index=True)
+    user_items = dict(zip(user_ids.tolist(), np.split(pair_item, user_starts[1:])))
+
+    return SequenceSplit(train=examples(steps_from_end >= 3),
+                         validation=examples(steps_from_end == 2),
+                         test=examples(steps_from_end == 1), user_items=user_items)
+
+
+def item_frequencies(targets: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Counts how often each index occurs.
+
+    Args:
+        targets: int indices in 0..vocab_size-1, any shape.
+        vocab_size: V.
+
+    Returns:
+        float64 `[V]` counts.
+    """
+    _check_positive("vocab_size", vocab_size)
+    targets = np.asarray(targets).ravel()
+    if targets.size and targets.dtype.kind not in "iu":
+        raise ValueError(f"targets must be integer indices, got dtype {targets.dtype}")
+    bad = (targets < 0) | (targets >= vocab_size)
+    if np.any(bad):
+        raise ValueError(f"target index {targets[bad][0]} is out of range: expected "
+                         f"indices in 0..{vocab_size - 1}")
+    return np.bincount(targets, minlength=vocab_size).astype(np.float64)
+
+
+def _check_counts(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or len(counts) < 3:
+        raise ValueError(f"counts must be 1-D over the vocabulary (PAD, OOV and at least "
+                         f"one item), got shape {counts.shape}")
+    bad = ~(np.isfinite(counts) & (counts >= 0))
+    if bad.any():
+        position = int(np.argmax(bad))
+        raise ValueError(f"counts must be finite and >= 0, got {counts[position]} at "
+                         f"index {position}")
+    return counts
+
+
+def sampling_probabilities(counts: np.ndarray) -> np.ndarray:
+    """Per-index probability of appearing as an in-batch candidate, for logQ correction.
+
+    Args:
+        counts: float `[V]` frequencies, e.g. from `item_frequencies`.
+
+    Returns:
+        float32 `[V]`: `counts / counts.sum()`, with zero-count entries set to
+        `1 / counts.sum()` so that `log` is finite (the result then sums to slightly
+        more than 1).
+
+    Raises:
+        ValueError: counts are negative, not finite, or all zero.
+    """
+    counts = _check_counts(counts)
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("counts are all zero: no item frequency to turn into probabilities")
+    return (np.where(counts > 0, counts, 1.0) / total).astype(np.float32)
+
+
+def head_item_mask(counts: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+    """Marks the most frequent items (the Pareto "head", IDW §4.2).
+
+    The head is the `ceil(fraction * (V - 2))` items with the highest counts among
+    indices 2..V-1, ties going to the lower index. PAD and OOV are never head.
+    `fraction * (V - 2)` is rounded to 9 decimals first, so float noise such as
+    `0.2 * 35 = 7.000000000000001` does not add an item.
+
+    Args:
+        counts: float `[V]` frequencies.
+        fraction: head share of the items, in [0, 1].
+
+    Returns:
+        bool `[V]`.
+    """
+    counts = _check_counts(counts)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+    item_counts = counts[2:]
+    num_head = math.ceil(round(fraction * len(item_counts), 9))
+    ranked = np.lexsort((np.arange(len(item_counts)), -item_counts))
+    mask = np.zeros(len(counts), dtype=bool)
+    mask[ranked[:num_head] + 2] = True
+    return mask
+
+
+def make_dataset(examples: Examples, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 drop_remainder: bool = False) -> "tf.data.Dataset":
+    """Batches examples as a `tf.data.Dataset`.
+
+    Args:
+        examples: the examples.
+        batch_size: B.
+        shuffle: shuffle over the whole set, differently on every pass.
+        seed: shuffle seed.
+        drop_remainder: drop a last batch smaller than B.
+
+    Returns:
+        Dataset of `{"history": int32 [B, L], "target": int32 [B]}`.
+
+    Raises:
+        ValueError: `batch_size < 1` or `examples` is empty.
+    """
+    _check_positive("batch_size", batch_size)
+    if len(examples) == 0:
+        raise ValueError("examples is empty: nothing to put in a dataset")
+    from tfrec_proxy._tf import tf  # TensorFlow only for this function
+
+    dataset = tf.data.Dataset.from_tensor_slices({
+        "history": examples.history.astype(np.int32),
+        "target": examples.target.astype(np.int32),
+    })
+    if shuffle:
+        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(
+        tf.data.AUTOTUNE)

@@ -1,0 +1,92 @@
+"""Evaluation of a model or an exported run on a leave-one-out split.
+
+IDW §4.2 protocol: HR@k/NDCG@k of the ground-truth item ranked against 99 sampled
+items the user never interacted with, plus the same metrics over the full catalogue
+(computed in candidate chunks), each split into head (20% most frequent) and tail
+targets.
+"""
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from tfrec_proxy._tf import tf
+from tfrec_proxy.metrics import evaluate_embeddings, sample_negatives, sampled_ranks, summarize
+from tfrec_proxy.pipeline import PreparedData
+from tfrec_proxy.scoring import DotScorer
+
+
+def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test",
+                   ks: Sequence[int] = (5, 20), num_negatives: int = 99, seed: int = 0,
+                   full: bool = True, chunk_size: int = 65536) -> Dict[str, float]:
+    """Sampled and full-ranking metrics of an in-memory `RetrievalModel`.
+
+    Returns:
+        Flat dict, e.g. `{"sampled/hr@20": ..., "full/tail/ndcg@20": ...}`.
+    """
+    examples = data.examples(split)
+    return evaluate_embeddings(
+        model.query_embeddings(examples.history), model.item_embeddings(data.vocab.size),
+        examples.target, scorer=model.scorer, ks=tuple(ks), head_items=data.head_items,
+        exclude=data.seen_items(examples), num_negatives=num_negatives, seed=seed,
+        full=full, chunk_size=chunk_size)
+
+
+def evaluate_run(run, data: PreparedData, split: str = "test", ks: Sequence[int] = (5, 20),
+                 num_negatives: int = 99, seed: int = 0, full: bool = True,
+                 chunk_size: int = 65536, batch_size: int = 4096) -> Dict[str, float]:
+    """The same metrics computed through an exported run's SavedModel and candidates.
+
+    Args:
+        run: A loaded `tfrec_proxy.export.Run`.
+        data: Prepared data with the run's vocabulary.
+    """
+    examples = data.examples(split)
+    raw = np.where(examples.history > 1,
+                   data.vocab.ids[np.maximum(examples.history - 2, 0)], -1)
+    queries = np.concatenate([
+        run._query_model.signatures["serving_default"](
+            history=tf.constant(raw[start:start + batch_size], tf.int64))["embedding"].numpy()
+        for start in range(0, len(raw), batch_size)])
+    items = np.zeros((data.vocab.size, run.candidate_embeddings.shape[1]), np.float32)
+    items[data.vocab.lookup(run.candidate_ids)] = run.candidate_embeddings
+    return evaluate_embeddings(
+        queries, items, examples.target, scorer=DotScorer(), ks=tuple(ks),
+        head_items=data.head_items, exclude=data.seen_items(examples),
+        num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
+
+
+class SampledRankingCallback(tf.keras.callbacks.Callback):
+    """Adds sampled HR@k/NDCG@k on validation examples to the epoch logs.
+
+    Keys are `val_hr@{k}` and `val_ndcg@{k}`, so `EarlyStopping` and TensorBoard can
+    watch them. Negatives are drawn once, so epochs are compared on the same lists.
+    Place it before `EarlyStopping` in the callback list.
+
+    Args:
+        data: Prepared data.
+        split: Examples to evaluate (`"validation"`).
+        ks: Cut-offs.
+        num_negatives: Sampled negatives per example (IDW: 99).
+        seed: Negative-sampling seed.
+    """
+
+    def __init__(self, data: PreparedData, split: str = "validation",
+                 ks: Sequence[int] = (5, 20), num_negatives: int = 99, seed: int = 0) -> None:
+        super().__init__()
+        self.examples = data.examples(split)
+        self.vocab_size = data.vocab.size
+        self.ks = tuple(ks)
+        self.negatives = sample_negatives(self.vocab_size, self.examples.target,
+                                          data.seen_items(self.examples),
+                                          num_negatives=num_negatives, seed=seed)
+
+    def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
+        ranks = sampled_ranks(self.model.scorer, self.model.query_embeddings(self.examples.history),
+                              self.model.item_embeddings(self.vocab_size),
+                              self.examples.target, self.negatives)
+        results = summarize(ranks, ks=self.ks)
+        if logs is not None:
+            for k in self.ks:
+                logs[f"val_hr@{k}"] = results[f"hr@{k}"]
+                logs[f"val_ndcg@{k}"] = results[f"ndcg@{k}"]

@@ -1,0 +1,8 @@
+"""Keras layers, one concept per module."""
+
+from tfrec_proxy.layers.encoders import SelfAttentionEncoder, TransformerBlock
+from tfrec_proxy.layers.extraction import SequenceExtraction
+from tfrec_proxy.layers.towers import ItemTower, QueryTower
+
+__all__ = ["ItemTower", "QueryTower", "SelfAttentionEncoder", "SequenceExtraction",
+           "TransformerBlock"]

@@ -1,0 +1,144 @@
+"""Sequence encoders: item-id histories to per-position hidden states.
+
+The baseline user tower of the IDW paper (§4.4) is a self-attention encoder with two
+multi-head attention layers of four heads; SASRec/RAM encoders arrive later beside it.
+"""
+
+from typing import Any, Dict, Optional
+
+from tfrec_proxy._tf import tf
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
+class TransformerBlock(tf.keras.layers.Layer):
+    """Pre-norm self-attention block: `x + MHA(LN(x))`, then `x + FFN(LN(x))`.
+
+    Args:
+        dim: Model width d (input and output size).
+        num_heads: Attention heads; each head has `dim // num_heads` (at least 1)
+            dimensions.
+        ff_dim: Hidden size of the position-wise feed-forward layer.
+        dropout: Dropout rate on attention weights and residual branches.
+        causal: Restrict each position to attend to itself and earlier positions.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4, ff_dim: Optional[int] = None,
+                 dropout: float = 0.0, causal: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if dim < 1 or num_heads < 1:
+            raise ValueError(f"dim and num_heads must be >= 1, got dim={dim}, "
+                             f"num_heads={num_heads}.")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.ff_dim = ff_dim or 4 * dim
+        self.dropout = dropout
+        self.causal = causal
+        self._attention_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+        self._attention = tf.keras.layers.MultiHeadAttention(
+            num_heads=num_heads, key_dim=max(1, dim // num_heads), dropout=dropout)
+        self._ffn_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+        self._ffn_hidden = tf.keras.layers.Dense(self.ff_dim, activation="relu")
+        self._ffn_out = tf.keras.layers.Dense(dim)
+        self._residual_dropout = tf.keras.layers.Dropout(dropout)
+
+    def call(self, inputs: tf.Tensor, mask: Optional[tf.Tensor] = None,
+             training: Optional[bool] = None) -> tf.Tensor:
+        """Encodes a sequence.
+
+        Args:
+            inputs: `[B, L, d]` hidden states.
+            mask: `[B, L]` bool, True at real (non-padding) positions.
+            training: Keras training flag (dropout).
+
+        Returns:
+            `[B, L, d]` hidden states.
+        """
+        attention_mask = None
+        if mask is not None:
+            # Query i may attend key j when key j is a real item.
+            attention_mask = mask[:, tf.newaxis, :]
+        normed = self._attention_norm(inputs)
+        attended = self._attention(normed, normed, attention_mask=attention_mask,
+                                   use_causal_mask=self.causal, training=training)
+        x = inputs + self._residual_dropout(attended, training=training)
+        hidden = self._ffn_out(self._ffn_hidden(self._ffn_norm(x)))
+        return x + self._residual_dropout(hidden, training=training)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(dim=self.dim, num_heads=self.num_heads, ff_dim=self.ff_dim,
+                      dropout=self.dropout, causal=self.causal)
+        return config
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
+class SelfAttentionEncoder(tf.keras.layers.Layer):
+    """Item-id history -> hidden states: embedding + learned positions + blocks.
+
+    Histories are left-padded with 0 (the padding index), so the most recent item is
+    the last column and position embeddings count back from the most recent item.
+
+    Args:
+        vocab_size: Number of item indices (padding and OOV included).
+        dim: Model width d.
+        max_len: Longest history L.
+        num_layers: Number of `TransformerBlock`s.
+        num_heads: Attention heads per block.
+        dropout: Dropout rate.
+        causal: Causal attention inside the blocks.
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 16, max_len: int = 30,
+                 num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
+                 causal: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if vocab_size < 3:
+            raise ValueError(f"vocab_size must be >= 3 (padding, OOV and one item), "
+                             f"got {vocab_size}.")
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}.")
+        self.vocab_size = vocab_size
+        self.dim = dim
+        self.max_len = max_len
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.causal = causal
+        self.item_embedding = tf.keras.layers.Embedding(vocab_size, dim, name="item_embedding")
+        self.position_embedding = tf.keras.layers.Embedding(max_len, dim,
+                                                            name="position_embedding")
+        self._input_dropout = tf.keras.layers.Dropout(dropout)
+        self.blocks = [TransformerBlock(dim, num_heads, dropout=dropout, causal=causal,
+                                        name=f"block_{i}") for i in range(num_layers)]
+        self._output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+
+    def call(self, history: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
+        """Encodes histories.
+
+        Args:
+            history: `[B, L]` int item indices, left-padded with 0, `L <= max_len`.
+            training: Keras training flag.
+
+        Returns:
+            `[B, L, d]` hidden states; padded positions hold values that the
+            extraction layer ignores through `compute_mask`.
+        """
+        mask = tf.not_equal(history, 0)
+        length = tf.shape(history)[1]
+        # Position 0 = most recent item, counting backwards.
+        positions = tf.range(length - 1, -1, -1)
+        x = self.item_embedding(history) + self.position_embedding(positions)[tf.newaxis]
+        x = self._input_dropout(x, training=training)
+        for block in self.blocks:
+            x = block(x, mask=mask, training=training)
+        return self._output_norm(x)
+
+    def compute_mask(self, history: tf.Tensor, mask: Optional[tf.Tensor] = None) -> tf.Tensor:
+        return tf.not_equal(history, 0)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(vocab_size=self.vocab_size, dim=self.dim, max_len=self.max_len,
+                      num_layers=self.num_layers, num_heads=self.num_heads,
+                      dropout=self.dropout, causal=self.causal)
+        return config

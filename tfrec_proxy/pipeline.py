@@ -1,0 +1,120 @@
+"""Data preparation for a run: interactions -> vocabulary -> leave-one-out sequences.
+
+One path for every data source (the synthetic generator or a MovieLens-style file), so
+training, evaluation and re-export of a run see exactly the same split.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from tfrec_proxy.config import DataConfig
+from tfrec_proxy.data import (LoadReport, SequenceSplit, Vocabulary, default_data_dir,
+                              generate_long_tail, head_item_mask, item_frequencies,
+                              leave_one_out, load_interactions, sampling_probabilities,
+                              split_long_sequences, user_sequences, validate_interactions)
+from tfrec_proxy.data.sequences import Examples
+
+DATA_SOURCES = ("synthetic", "file")
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """Everything a run needs from its data.
+
+    Attributes:
+        interactions: Validated `user_id, item_id, timestamp` frame.
+        vocab: Item vocabulary (all items in `interactions`).
+        split: Leave-one-out train/validation/test examples.
+        item_counts: `[V]` training-target counts per item index.
+        sampling_probability: `[V]` in-batch sampling probability (logQ).
+        head_items: `[V]` bool, the 20% most frequent items (IDW §4.2).
+        report: Load report for file sources, None for synthetic data.
+        item_clusters: `[V]` ground-truth cluster per item index for synthetic data
+            (-1 for padding/OOV), None for files.
+        dropped_interactions: Interactions in chunks too short to keep.
+    """
+
+    interactions: pd.DataFrame
+    vocab: Vocabulary
+    split: SequenceSplit
+    item_counts: np.ndarray
+    sampling_probability: np.ndarray
+    head_items: np.ndarray
+    report: Optional[LoadReport]
+    item_clusters: Optional[np.ndarray]
+    dropped_interactions: int
+
+    def examples(self, name: str) -> Examples:
+        """The `"train"`, `"validation"` or `"test"` examples."""
+        splits = {"train": self.split.train, "validation": self.split.validation,
+                  "test": self.split.test}
+        if name not in splits:
+            raise ValueError(f"Unknown split {name!r}; expected one of {sorted(splits)}.")
+        return splits[name]
+
+    def seen_items(self, examples: Examples) -> List[np.ndarray]:
+        """Per example, the item indices its user interacted with (sampling exclusions)."""
+        return [self.split.user_items[int(user)] for user in examples.user]
+
+    def summary(self) -> Dict[str, int]:
+        return {"interactions": len(self.interactions),
+                "users": int(self.interactions["user_id"].nunique()),
+                "items": len(self.vocab.ids),
+                "train_examples": len(self.split.train),
+                "validation_examples": len(self.split.validation),
+                "test_examples": len(self.split.test),
+                "dropped_interactions": self.dropped_interactions}
+
+
+def resolve_data_path(path: Optional[str]) -> Path:
+    """The user's path, or the shared MovieLens-1M copy when none is given."""
+    if path:
+        return Path(path)
+    shared = default_data_dir()
+    if shared is None or not (shared / "ml-1m").exists():
+        raise FileNotFoundError("No data path given and no ../shared/data/ml-1m copy found; "
+                                "pass --data-path pointing at ratings.dat or ml-1m.txt.")
+    return shared / "ml-1m"
+
+
+def prepare_data(config: DataConfig) -> PreparedData:
+    """Loads or generates interactions and builds the leave-one-out split.
+
+    Args:
+        config: Data settings (`source`, `path`, generator parameters, `max_len`).
+
+    Returns:
+        The prepared data.
+    """
+    if config.source not in DATA_SOURCES:
+        raise ValueError(f"Unknown data source {config.source!r}; expected one of "
+                         f"{DATA_SOURCES}.")
+    report = None
+    clusters_by_id = None
+    if config.source == "synthetic":
+        synthetic = generate_long_tail(**dataclasses.asdict(config.synthetic))
+        interactions = synthetic.interactions
+        clusters_by_id = synthetic
+    else:
+        interactions, report = load_interactions(resolve_data_path(config.path))
+    interactions = validate_interactions(interactions)
+
+    vocab = Vocabulary.from_ids(interactions["item_id"].to_numpy())
+    users, sequences = user_sequences(interactions, vocab)
+    users, sequences, dropped = split_long_sequences(users, sequences, config.max_len,
+                                                     config.min_len)
+    if not sequences:
+        raise ValueError(f"No user sequence has at least min_len={config.min_len} items; "
+                         "nothing to train on.")
+    split = leave_one_out(users, sequences, history_len=config.max_len)
+    counts = item_frequencies(split.train.target, vocab.size)
+    item_clusters = None
+    if clusters_by_id is not None:
+        item_clusters = np.full(vocab.size, -1, np.int64)
+        item_clusters[2:] = clusters_by_id.cluster_of(vocab.ids)
+    return PreparedData(interactions, vocab, split, counts, sampling_probabilities(counts),
+                        head_item_mask(counts), report, item_clusters, dropped)

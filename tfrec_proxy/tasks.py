@@ -1,0 +1,75 @@
+"""Batch-softmax retrieval loss over a score matrix.
+
+`tfrs.tasks.Retrieval` computes the `[B, B]` logits itself with a dot product (or
+max-sim for 3-D queries). Multi-interest scoring (MUR eq. 4) and session-proxy
+distances (ProxySR) need other affinities, so this task takes the score matrix from a
+swappable scorer (`tfrec_proxy.scoring`) and applies the rest exactly as TFRS does,
+with TFRS's own loss layers: temperature, logQ correction
+(`SamplingProbablityCorrection`), accidental-hit removal (`RemoveAccidentalHits`) and
+a summed categorical cross-entropy. It is also the one place where per-example loss
+weights (density weighting, frequency balance) enter. With a dot-product scorer it
+equals `tfrs.tasks.Retrieval` (pinned in tests/test_tasks.py).
+"""
+
+from typing import Any, Dict, Optional
+
+from tfrec_proxy._tf import tf, tfrs
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
+class BatchSoftmax(tf.keras.layers.Layer):
+    """In-batch softmax cross-entropy for retrieval (IDW eqs. 1-3).
+
+    Row i of the score matrix holds query i against every candidate in the batch;
+    candidate i is query i's positive, the others are its negatives.
+
+    Args:
+        remove_accidental_hits: Mask negatives whose id equals the row's positive.
+        temperature: Divide logits by this value when set.
+    """
+
+    def __init__(self, remove_accidental_hits: bool = True,
+                 temperature: Optional[float] = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if temperature is not None and temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.remove_accidental_hits = remove_accidental_hits
+        self.temperature = temperature
+        self._loss = tf.keras.losses.CategoricalCrossentropy(
+            from_logits=True, reduction=tf.keras.losses.Reduction.SUM)
+
+    def call(self, scores: tf.Tensor, candidate_ids: Optional[tf.Tensor] = None,
+             candidate_sampling_probability: Optional[tf.Tensor] = None,
+             sample_weight: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """Computes the summed loss of a batch.
+
+        Args:
+            scores: `[B, C]` logits, `C >= B`; column i < B is row i's positive.
+            candidate_ids: `[C]` candidate ids (needed to remove accidental hits).
+            candidate_sampling_probability: `[C]` probability of each candidate
+                appearing in a batch; logits become `s - log p` (logQ correction).
+            sample_weight: `[B]` per-example loss weights.
+
+        Returns:
+            Scalar loss: the weighted sum over the batch of -log softmax at the
+            positive.
+        """
+        scores = tf.cast(scores, tf.float32)
+        num_queries = tf.shape(scores)[0]
+        labels = tf.eye(num_queries, tf.shape(scores)[1])
+        if self.temperature is not None:
+            scores = scores / self.temperature
+        if candidate_sampling_probability is not None:
+            scores = tfrs.layers.loss.SamplingProbablityCorrection()(
+                scores, tf.cast(candidate_sampling_probability, tf.float32))
+        if self.remove_accidental_hits:
+            if candidate_ids is None:
+                raise ValueError("remove_accidental_hits=True needs candidate_ids.")
+            scores = tfrs.layers.loss.RemoveAccidentalHits()(labels, scores, candidate_ids)
+        return self._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(remove_accidental_hits=self.remove_accidental_hits,
+                      temperature=self.temperature)
+        return config

@@ -1,0 +1,142 @@
+"""Training pipeline: prepare data, build the model under a strategy, `fit`, evaluate,
+export. `tfrec-proxy train` is a thin wrapper around `train`.
+"""
+
+import dataclasses
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+
+from tfrec_proxy._tf import tf
+from tfrec_proxy.config import RunConfig
+from tfrec_proxy.data import Vocabulary, make_dataset
+from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
+from tfrec_proxy.export import export_run, read_manifest
+from tfrec_proxy.models import RetrievalModel, build_model
+from tfrec_proxy.pipeline import PreparedData, prepare_data
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def get_strategy(name: str) -> tf.distribute.Strategy:
+    """`"default"` (one device), `"mirrored"` (all local GPUs) or `"multi_worker"`
+    (`MultiWorkerMirroredStrategy`, cluster from the `TF_CONFIG` environment variable)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` produced."""
+
+    model: RetrievalModel
+    data: PreparedData
+    history: Dict[str, List[float]]
+    metrics: Dict[str, float]
+    run_dir: Optional[Path]
+    seconds: float
+
+
+def _callbacks(config: RunConfig, data: PreparedData) -> List[tf.keras.callbacks.Callback]:
+    train = config.train
+    callbacks: List[tf.keras.callbacks.Callback] = [
+        SampledRankingCallback(data, "validation", ks=train.eval_ks, seed=train.seed)]
+    if train.early_stopping_patience > 0:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
+            monitor=train.monitor, mode="min" if train.monitor.endswith("loss") else "max",
+            patience=train.early_stopping_patience, restore_best_weights=True, verbose=1))
+    if train.tensorboard_dir:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=train.tensorboard_dir))
+    return callbacks
+
+
+def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = "saved_models",
+          run_name: Optional[str] = None, export: bool = True,
+          verbose: Union[int, str] = "auto", data: Optional[PreparedData] = None) -> TrainResult:
+    """Trains, evaluates and (optionally) exports a retrieval model.
+
+    Args:
+        config: Run settings; defaults train the baseline on the synthetic data.
+        output_dir: Parent folder of run folders.
+        run_name: Run folder name; default `run-<UTC timestamp>`.
+        export: Write the run folder.
+        verbose: Keras `fit` verbosity (progress bar with `"auto"` on a terminal).
+        data: Already prepared data for `config.data` (skips preparation).
+
+    Returns:
+        A `TrainResult`.
+    """
+    config = config or RunConfig()
+    started = time.perf_counter()
+    tf.keras.utils.set_random_seed(config.train.seed)
+    data = data or prepare_data(config.data)
+    strategy = get_strategy(config.train.strategy)
+    if config.train.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            model = build_model(config.model, data.vocab.size, config.data.max_len,
+                                data.sampling_probability)
+            model.compile(optimizer=tf.keras.optimizers.Adam(config.train.learning_rate),
+                          jit_compile=config.train.jit_compile)
+        global_batch = config.train.batch_size * strategy.num_replicas_in_sync
+        train_ds = make_dataset(data.split.train, global_batch, shuffle=True,
+                                seed=config.train.seed)
+        validation_ds = make_dataset(data.split.validation, global_batch)
+        history = model.fit(train_ds, validation_data=validation_ds,
+                            epochs=config.train.epochs, callbacks=_callbacks(config, data),
+                            verbose=verbose)
+    finally:
+        if config.train.mixed_precision:
+            tf.keras.mixed_precision.set_global_policy("float32")
+    metrics = evaluate_model(model, data, "test", ks=config.train.eval_ks, seed=config.train.seed)
+    run_dir = None
+    if export:
+        name = run_name or "run-" + datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y%m%d-%H%M%S")
+        results = {"test": metrics, "data": data.summary(),
+                   "epochs": len(history.history.get("loss", [])),
+                   "train_seconds": round(time.perf_counter() - started, 2)}
+        run_dir = export_run(model, Path(output_dir) / name, vocab=data.vocab, config=config,
+                             metrics=results)
+    return TrainResult(model, data, history.history, metrics, run_dir,
+                       time.perf_counter() - started)
+
+
+def restore_model(run_dir: Union[str, Path], data: Optional[PreparedData] = None
+                  ) -> "tuple[RetrievalModel, PreparedData, RunConfig]":
+    """Rebuilds a run's Keras model from its `config.json` and `weights/` checkpoint.
+
+    Returns:
+        `(model, data, config)`.
+    """
+    run_dir = Path(run_dir)
+    read_manifest(run_dir)
+    config = RunConfig.from_json(run_dir / "config.json")
+    data = data or prepare_data(config.data)
+    saved_vocab = Vocabulary.load(run_dir / "vocabulary.json")
+    if not np.array_equal(saved_vocab.ids, data.vocab.ids):
+        raise ValueError(f"The data rebuilt from {str(run_dir / 'config.json')!r} has a "
+                         "different item vocabulary than the run's vocabulary.json; was the "
+                         "data file changed since training?")
+    model = build_model(config.model, data.vocab.size, config.data.max_len,
+                        data.sampling_probability)
+    # Create the towers' variables so the checkpoint restores into them now.
+    model.query_tower(tf.zeros([1, config.data.max_len], tf.int32))
+    model.candidate_tower(model.candidate_features(tf.zeros([1], tf.int32)))
+    model.load_weights(str(run_dir / "weights" / "model")).expect_partial()
+    return model, data, config
+
+
+def format_metrics(metrics: Dict[str, Any]) -> str:
+    """Pretty JSON for printing results."""
+    return json.dumps(metrics, indent=2, sort_keys=True)
