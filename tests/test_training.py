@@ -43,3 +43,13 @@ def test_config_json_round_trip_and_unknown_keys(tmp_path):
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="Unknown strategy 'tpu'"):
         get_strategy("tpu")
+
+
+@pytest.mark.parametrize("options", [{"strategy": "mirrored"},
+                                     {"mixed_precision": True, "jit_compile": True}])
+def test_gpu_ready_options_train_on_cpu(options):
+    result = train(tiny_config(epochs=1, **options), export=False, verbose=0)
+    assert np.isfinite(result.history["loss"][0])
+    assert result.metrics["sampled/count"] == len(result.data.split.test)
+    from tfrec_proxy._tf import tf
+    assert tf.keras.mixed_precision.global_policy().name == "float32"

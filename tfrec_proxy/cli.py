@@ -144,7 +144,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from tfrec_proxy.evaluation import evaluate_run
     from tfrec_proxy.export import load_run
-    from tfrec_proxy.pipeline import prepare_data
+    from tfrec_proxy.data.prepare import prepare_data
     from tfrec_proxy.training import format_metrics
 
     run = load_run(args.run)

@@ -6,13 +6,15 @@ items the user never interacted with, plus the same metrics over the full catalo
 targets.
 """
 
+import warnings
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 from tfrec_proxy._tf import tf
+from tfrec_proxy.data.prepare import PreparedData
+from tfrec_proxy.export import PAD_ID, Run
 from tfrec_proxy.metrics import evaluate_embeddings, sample_negatives, sampled_ranks, summarize
-from tfrec_proxy.pipeline import PreparedData
 from tfrec_proxy.scoring import DotScorer
 
 
@@ -32,26 +34,28 @@ def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test
         full=full, chunk_size=chunk_size)
 
 
-def evaluate_run(run, data: PreparedData, split: str = "test", ks: Sequence[int] = (5, 20),
+def evaluate_run(run: Run, data: PreparedData, split: str = "test", ks: Sequence[int] = (5, 20),
                  num_negatives: int = 99, seed: int = 0, full: bool = True,
-                 chunk_size: int = 65536, batch_size: int = 4096) -> Dict[str, float]:
+                 chunk_size: int = 65536) -> Dict[str, float]:
     """The same metrics computed through an exported run's SavedModel and candidates.
 
     Args:
         run: A loaded `tfrec_proxy.export.Run`.
-        data: Prepared data with the run's vocabulary.
+        data: Prepared data; its items are looked up in the run's vocabulary.
     """
     examples = data.examples(split)
-    raw = np.where(examples.history > 1,
-                   data.vocab.ids[np.maximum(examples.history - 2, 0)], -1)
-    queries = np.concatenate([
-        run._query_model.signatures["serving_default"](
-            history=tf.constant(raw[start:start + batch_size], tf.int64))["embedding"].numpy()
-        for start in range(0, len(raw), batch_size)])
+    _, unknown = run.vocab.lookup_with_unknown(data.vocab.ids)
+    if unknown:
+        warnings.warn(f"{unknown} of {len(data.vocab.ids)} items of the evaluation data are "
+                      "not in the run's vocabulary; as history items they map to the OOV "
+                      "bucket, as targets they score 0.", stacklevel=2)
+    raw = np.where(examples.history >= 2, data.vocab.ids[np.maximum(examples.history - 2, 0)],
+                   PAD_ID)
     items = np.zeros((data.vocab.size, run.candidate_embeddings.shape[1]), np.float32)
-    items[data.vocab.lookup(run.candidate_ids)] = run.candidate_embeddings
+    known = data.vocab.lookup(run.candidate_ids)
+    items[known[known >= 2]] = run.candidate_embeddings[known >= 2]
     return evaluate_embeddings(
-        queries, items, examples.target, scorer=DotScorer(), ks=tuple(ks),
+        run.embed_padded(raw), items, examples.target, scorer=DotScorer(), ks=tuple(ks),
         head_items=data.head_items, exclude=data.seen_items(examples),
         num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
 

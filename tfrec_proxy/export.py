@@ -296,6 +296,9 @@ class Run:
                             ) -> tf.Tensor:
         """Validates raw-id histories and pads them with -1 into `[B, L]` int64.
 
+        Unknown ids are kept (the SavedModel maps them to the OOV bucket) and counted
+        in a warning.
+
         Args:
             histories: One history (a sequence of item ids) or a batch of them.
 
@@ -303,26 +306,36 @@ class Run:
             ValueError: an empty history, or an id that is NaN or not an integer.
         """
         batch = _as_batch(histories)
-        known = 0
-        unknown = 0
-        for row, history in enumerate(batch):
-            _, n_unknown = self.vocab.lookup_with_unknown(np.asarray(history, np.int64))
-            unknown += n_unknown
-            known += len(history) - n_unknown
+        flat = np.fromiter((i for history in batch for i in history), np.int64)
+        _, unknown = self.vocab.lookup_with_unknown(flat)
         if unknown:
-            warnings.warn(f"{unknown} of {known + unknown} history item ids are not in the "
-                          "run's vocabulary; they were mapped to the out-of-vocabulary "
-                          "bucket.", stacklevel=3)
+            warnings.warn(f"{unknown} of {len(flat)} history item ids are not in the run's "
+                          "vocabulary; they were mapped to the out-of-vocabulary bucket.",
+                          stacklevel=3)
         width = max(len(history) for history in batch)
         padded = np.full((len(batch), width), PAD_ID, np.int64)
         for row, history in enumerate(batch):
             padded[row, width - len(history):] = history
         return tf.constant(padded)
 
+    def embed_padded(self, histories: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Query embeddings of already padded raw-id histories, through the SavedModel.
+
+        Args:
+            histories: `[B, L]` int64 raw item ids, -1 = padding.
+            batch_size: Histories per SavedModel call.
+
+        Returns:
+            `[B, d]` float32 (or `[B, M, d]` for multi-interest runs).
+        """
+        serve = self._query_model.signatures["serving_default"]
+        return np.concatenate([
+            serve(history=tf.constant(histories[start:start + batch_size], tf.int64))
+            ["embedding"].numpy() for start in range(0, len(histories), batch_size)])
+
     def embed(self, histories: Union[Sequence[int], Sequence[Sequence[int]]]) -> np.ndarray:
-        """Query embeddings `[B, d]` of raw-id histories (through the SavedModel)."""
-        tensor = self.histories_to_tensor(histories)
-        return self._query_model.signatures["serving_default"](history=tensor)["embedding"].numpy()
+        """Query embeddings of raw-id histories (see `histories_to_tensor`)."""
+        return self.embed_padded(self.histories_to_tensor(histories).numpy())
 
     def recommend(self, histories: Union[Sequence[int], Sequence[Sequence[int]]], k: int = 10,
                   index: str = "scann") -> Tuple[np.ndarray, np.ndarray]:

@@ -182,7 +182,9 @@ def _excluded_keys(
     keep = items >= FIRST_ITEM
     # Sort + adjacent-difference is several times faster than np.unique's hashing here.
     keys = np.sort(rows[keep] * num_items + items[keep])
-    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+    first_of_run = np.ones(keys.size, dtype=bool)
+    first_of_run[1:] = keys[1:] != keys[:-1]
+    return keys[first_of_run]
 
 
 def _keys_of_rows(
@@ -224,9 +226,12 @@ def _sample_dense(
     num_negatives: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Exact sampling for `rows`: the `num_negatives` smallest of random priorities
-    over the whole pool, excluded items set to +inf. Rows go in blocks of at most
-    `_DENSE_BLOCK_ELEMENTS` priorities. Returns `[len(rows), num_negatives]`, sorted."""
+    """Samples `rows` exactly: `[len(rows), num_negatives]` int32, sorted per row.
+
+    Each row takes the items with the `num_negatives` smallest of uniform random
+    priorities over the whole pool, excluded items set to +inf. Rows go in blocks of
+    at most `_DENSE_BLOCK_ELEMENTS` priorities.
+    """
     pool_size = num_items - FIRST_ITEM
     rows_per_block = max(1, _DENSE_BLOCK_ELEMENTS // pool_size)
     negatives = np.empty((rows.size, num_negatives), dtype=np.int32)

@@ -30,11 +30,16 @@ class BatchSoftmax(tf.keras.layers.Layer):
 
     def __init__(self, remove_accidental_hits: bool = True,
                  temperature: Optional[float] = None, **kwargs: Any) -> None:
+        # Losses stay in float32 under a mixed-precision policy (MIN_FLOAT masking
+        # overflows float16).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if temperature is not None and temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.remove_accidental_hits = remove_accidental_hits
         self.temperature = temperature
+        self._logq_correction = tfrs.layers.loss.SamplingProbablityCorrection(dtype="float32")
+        self._remove_hits = tfrs.layers.loss.RemoveAccidentalHits(dtype="float32")
         self._loss = tf.keras.losses.CategoricalCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.SUM)
 
@@ -60,12 +65,12 @@ class BatchSoftmax(tf.keras.layers.Layer):
         if self.temperature is not None:
             scores = scores / self.temperature
         if candidate_sampling_probability is not None:
-            scores = tfrs.layers.loss.SamplingProbablityCorrection()(
+            scores = self._logq_correction(
                 scores, tf.cast(candidate_sampling_probability, tf.float32))
         if self.remove_accidental_hits:
             if candidate_ids is None:
                 raise ValueError("remove_accidental_hits=True needs candidate_ids.")
-            scores = tfrs.layers.loss.RemoveAccidentalHits()(labels, scores, candidate_ids)
+            scores = self._remove_hits(labels, scores, candidate_ids)
         return self._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)
 
     def get_config(self) -> Dict[str, Any]:

@@ -17,7 +17,7 @@ from tfrec_proxy.data import Vocabulary, make_dataset
 from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
 from tfrec_proxy.export import export_run, read_manifest
 from tfrec_proxy.models import RetrievalModel, build_model
-from tfrec_proxy.pipeline import PreparedData, prepare_data
+from tfrec_proxy.data.prepare import PreparedData, prepare_data
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 

@@ -1,6 +1,7 @@
 """Data: synthetic and real interactions, vocabularies, sequences and `tf.data` input.
 
-Only `make_dataset` needs TensorFlow, and imports it when called.
+Only `make_dataset` needs TensorFlow, and imports it when called. `prepare_data`
+is the one path from a `DataConfig` to the split a run trains and evaluates on.
 """
 
 from tfrec_proxy.data.loaders import (REQUIRED_COLUMNS, LoadReport, default_data_dir,
@@ -10,6 +11,7 @@ from tfrec_proxy.data.sequences import (Examples, SequenceSplit, head_item_mask,
                                         sampling_probabilities, split_long_sequences,
                                         user_sequences)
 from tfrec_proxy.data.synthetic import SyntheticData, generate_long_tail
+from tfrec_proxy.data.prepare import PreparedData, prepare_data
 from tfrec_proxy.data.vocab import OOV, PAD, Vocabulary
 
 __all__ = [
@@ -19,4 +21,5 @@ __all__ = [
     "make_dataset", "sampling_probabilities", "split_long_sequences", "user_sequences",
     "SyntheticData", "generate_long_tail",
     "OOV", "PAD", "Vocabulary",
+    "PreparedData", "prepare_data",
 ]

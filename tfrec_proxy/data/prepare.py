@@ -12,11 +12,14 @@ import numpy as np
 import pandas as pd
 
 from tfrec_proxy.config import DataConfig
-from tfrec_proxy.data import (LoadReport, SequenceSplit, Vocabulary, default_data_dir,
-                              generate_long_tail, head_item_mask, item_frequencies,
-                              leave_one_out, load_interactions, sampling_probabilities,
-                              split_long_sequences, user_sequences, validate_interactions)
-from tfrec_proxy.data.sequences import Examples
+from tfrec_proxy.data.loaders import (LoadReport, default_data_dir, load_interactions,
+                                      validate_interactions)
+from tfrec_proxy.data.sequences import (Examples, SequenceSplit, head_item_mask,
+                                        item_frequencies, leave_one_out,
+                                        sampling_probabilities, split_long_sequences,
+                                        user_sequences)
+from tfrec_proxy.data.synthetic import generate_long_tail
+from tfrec_proxy.data.vocab import Vocabulary
 
 DATA_SOURCES = ("synthetic", "file")
 
