@@ -11,6 +11,11 @@ from tfrec_proxy.scoring import DotScorer, get_scorer
 HISTORY = np.array([[0, 0, 5, 6, 7], [3, 4, 5, 6, 2]], np.int32)
 
 
+def _query_tower(max_len: int, extraction: str = "last") -> QueryTower:
+    return QueryTower(SelfAttentionEncoder(10, dim=8, max_len=max_len, num_heads=2),
+                      SequenceExtraction(extraction))
+
+
 def _round_trip(layer, *inputs):
     """Serialises and rebuilds `layer`, copies weights, compares outputs."""
     expected = layer(*inputs)
@@ -26,7 +31,7 @@ def _round_trip(layer, *inputs):
     (lambda: TransformerBlock(8, num_heads=2, causal=True), (tf.random.normal([2, 5, 8]),)),
     (lambda: SelfAttentionEncoder(10, dim=8, max_len=5, num_heads=2), (tf.constant(HISTORY),)),
     (lambda: SequenceExtraction("mean"), (tf.random.normal([2, 5, 8]),)),
-    (lambda: QueryTower(10, dim=8, max_len=5, num_heads=2), (tf.constant(HISTORY),)),
+    (lambda: _query_tower(max_len=5, extraction="mean"), (tf.constant(HISTORY),)),
     (lambda: ItemTower(10, (8, 4)), ({"item_id": tf.constant([2, 3, 9])},)),
     (lambda: DotScorer(), (tf.random.normal([2, 4]), tf.random.normal([3, 4]))),
 ])
@@ -35,7 +40,7 @@ def test_serialisation_round_trip(make_layer, inputs):
 
 
 def test_query_tower_ignores_padding():
-    tower = QueryTower(10, dim=8, max_len=7, num_heads=2)
+    tower = _query_tower(max_len=7)
     short = tower(tf.constant([[0, 0, 5, 6, 7]]), training=False)
     long = tower(tf.constant([[0, 0, 0, 0, 5, 6, 7]]), training=False)
     assert short.shape == (1, 8) and short.dtype == tf.float32

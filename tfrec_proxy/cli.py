@@ -128,8 +128,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from tfrec_proxy.training import format_metrics, train
 
     config = _train_config(args)
+    # A progress bar on a terminal, one line per epoch in logs and pipes.
     result = train(config, output_dir=args.output, run_name=args.run_name,
-                   export=not args.no_export)
+                   export=not args.no_export, verbose=1 if sys.stdout.isatty() else 2)
     print(f"data: {json.dumps(result.data.summary())}")
     if result.data.report is not None:
         print(f"load report: {result.data.report}")

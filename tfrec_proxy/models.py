@@ -11,6 +11,8 @@ import numpy as np
 
 from tfrec_proxy._tf import tf, tfrs
 from tfrec_proxy.config import ModelConfig
+from tfrec_proxy.layers.encoders import SelfAttentionEncoder
+from tfrec_proxy.layers.extraction import SequenceExtraction
 from tfrec_proxy.layers.towers import ITEM_ID, ItemTower, QueryTower
 from tfrec_proxy.scoring import get_scorer
 from tfrec_proxy.tasks import BatchSoftmax
@@ -135,8 +137,10 @@ def build_model(config: ModelConfig, vocab_size: int, max_len: int,
     if sampling_probability is not None and len(sampling_probability) != vocab_size:
         raise ValueError(f"sampling_probability has {len(sampling_probability)} entries; "
                          f"expected vocab_size={vocab_size}.")
-    query_tower = QueryTower(vocab_size, config.embedding_dim, max_len, config.num_layers,
-                             config.num_heads, config.dropout, config.extraction,
+    encoder = SelfAttentionEncoder(vocab_size, config.embedding_dim, max_len,
+                                   config.num_layers, config.num_heads, config.dropout,
+                                   name="encoder")
+    query_tower = QueryTower(encoder, SequenceExtraction(config.extraction, name="extraction"),
                              name="query_tower")
     candidate_tower = ItemTower(vocab_size, config.item_hidden_units, name="candidate_tower")
     task = BatchSoftmax(config.remove_accidental_hits, config.temperature, name="task")

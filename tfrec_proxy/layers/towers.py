@@ -1,7 +1,7 @@
 """The two towers of the baseline retrieval model.
 
-* `QueryTower`: item-id history `[B, L]` -> user vector `[B, d]` (self-attention
-  encoder + extraction), the IDW paper's user tower f_theta.
+* `QueryTower`: item-id history `[B, L]` -> user vector `[B, d]` (sequence encoder +
+  extraction), the IDW paper's user tower f_theta.
 * `ItemTower`: candidate feature dict `{"item_id": [B]}` -> item vector `[B, d]`
   (id embedding + MLP), the item tower g_phi. It takes a feature dict so that
   attribute/context features (PIR) can join without changing its callers.
@@ -13,40 +13,30 @@ computed in float32.
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from tfrec_proxy._tf import tf
-from tfrec_proxy.layers.encoders import SelfAttentionEncoder
-from tfrec_proxy.layers.extraction import SequenceExtraction
 
 ITEM_ID = "item_id"
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
 class QueryTower(tf.keras.layers.Layer):
-    """History of item indices -> one user representation.
+    """History of item indices -> user representation: a sequence encoder, then an
+    extraction layer.
+
+    Both parts are layers, so later towers swap one of them (multi-interest
+    extraction, RAM/SASRec encoders) and keep the rest.
 
     Args:
-        vocab_size: Item vocabulary size (padding 0 and OOV 1 included).
-        dim: Output size d.
-        max_len: Longest history L.
-        num_layers: Self-attention blocks.
-        num_heads: Attention heads per block.
-        dropout: Dropout rate in the encoder.
-        extraction: `SequenceExtraction` mode (`"last"` or `"mean"`).
+        encoder: `[B, L]` item indices -> `[B, L, d]` hidden states (e.g.
+            `SelfAttentionEncoder`).
+        extraction: `[B, L, d]` hidden states (+ `[B, L]` mask) -> `[B, d]` or
+            `[B, M, d]` (e.g. `SequenceExtraction`).
     """
 
-    def __init__(self, vocab_size: int, dim: int = 16, max_len: int = 30,
-                 num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
-                 extraction: str = "last", **kwargs: Any) -> None:
+    def __init__(self, encoder: tf.keras.layers.Layer, extraction: tf.keras.layers.Layer,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.vocab_size = vocab_size
-        self.dim = dim
-        self.max_len = max_len
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.dropout = dropout
+        self.encoder = encoder
         self.extraction = extraction
-        self.encoder = SelfAttentionEncoder(vocab_size, dim, max_len, num_layers,
-                                            num_heads, dropout, name="encoder")
-        self.extractor = SequenceExtraction(extraction, name="extraction")
 
     def call(self, history: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
         """Embeds histories.
@@ -56,18 +46,24 @@ class QueryTower(tf.keras.layers.Layer):
             training: Keras training flag.
 
         Returns:
-            `[B, d]` float32 user vectors.
+            `[B, d]` (or `[B, M, d]`) float32 user vectors.
         """
         hidden = self.encoder(history, training=training)
-        user = self.extractor(hidden, mask=tf.not_equal(history, 0))
+        user = self.extraction(hidden, mask=tf.not_equal(history, 0))
         return tf.cast(user, tf.float32)
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
-        config.update(vocab_size=self.vocab_size, dim=self.dim, max_len=self.max_len,
-                      num_layers=self.num_layers, num_heads=self.num_heads,
-                      dropout=self.dropout, extraction=self.extraction)
+        config.update(encoder=tf.keras.layers.serialize(self.encoder),
+                      extraction=tf.keras.layers.serialize(self.extraction))
         return config
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "QueryTower":
+        config = dict(config)
+        config["encoder"] = tf.keras.layers.deserialize(config["encoder"])
+        config["extraction"] = tf.keras.layers.deserialize(config["extraction"])
+        return cls(**config)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
