@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tfrec_proxy._tf import tf
-from tfrec_proxy.export import RunFormatError, load_run, pack_histories, recommend
+from tfrec_proxy.export import RunFormatError, load_run, pack_histories
 
 
 def _raw_histories(data, examples, count):

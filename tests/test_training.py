@@ -1,6 +1,5 @@
 """Training: loss goes down, early stopping watches the validation metric, config JSON."""
 
-import json
 
 import numpy as np
 import pytest
