@@ -20,7 +20,8 @@ def test_user_sequences_sort_by_time_and_keep_row_order_on_ties():
                           "item_id": [100, 200, 300, 100, 999],
                           "timestamp": [5, 2, 1, 2, 0]})
     vocab = Vocabulary.from_ids([100, 200, 300])  # 100 -> 2, 200 -> 3, 300 -> 4
-    users, sequences = user_sequences(frame, vocab)
+    with pytest.warns(UserWarning, match="1 of 5 interactions have item ids that are not in"):
+        users, sequences = user_sequences(frame, vocab)
     _assert_equal(users, [3, 7], np.int64)
     assert len(sequences) == 2
     _assert_equal(sequences[0], [1, 3, 2], np.int32)  # 999 unknown -> OOV; tie: row order

@@ -44,10 +44,14 @@ def test_unknown_strategy():
         get_strategy("tpu")
 
 
-@pytest.mark.parametrize("options", [{"strategy": "mirrored"},
+@pytest.mark.parametrize("options", [{"strategy": "mirrored", "tensorboard_dir": "tb"},
                                      {"mixed_precision": True, "jit_compile": True}])
-def test_gpu_ready_options_train_on_cpu(options):
+def test_gpu_ready_options_train_on_cpu(options, tmp_path):
+    if "tensorboard_dir" in options:
+        options = dict(options, tensorboard_dir=str(tmp_path / "tb"))
     result = train(tiny_config(epochs=1, **options), export=False, verbose=0)
+    if "tensorboard_dir" in options:
+        assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))
     assert np.isfinite(result.history["loss"][0])
     assert result.metrics["sampled/count"] == len(result.data.split.test)
     from tfrec_proxy._tf import tf

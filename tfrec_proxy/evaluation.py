@@ -15,7 +15,7 @@ from tfrec_proxy._tf import tf
 from tfrec_proxy.data.prepare import PreparedData
 from tfrec_proxy.export import PAD_ID, Run
 from tfrec_proxy.metrics import evaluate_embeddings, sample_negatives, sampled_ranks, summarize
-from tfrec_proxy.scoring import DotScorer
+from tfrec_proxy.scoring import get_scorer
 
 
 def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test",
@@ -55,7 +55,8 @@ def evaluate_run(run: Run, data: PreparedData, split: str = "test", ks: Sequence
     known = data.vocab.lookup(run.candidate_ids)
     items[known[known >= 2]] = run.candidate_embeddings[known >= 2]
     return evaluate_embeddings(
-        run.embed_padded(raw), items, examples.target, scorer=DotScorer(), ks=tuple(ks),
+        run.embed_padded(raw), items, examples.target,
+        scorer=get_scorer(run.config.model.scorer), ks=tuple(ks),
         head_items=data.head_items, exclude=data.seen_items(examples),
         num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
 

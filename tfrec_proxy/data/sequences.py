@@ -9,6 +9,7 @@ training targets (logQ correction, head/tail metrics).
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
@@ -56,7 +57,8 @@ def user_sequences(interactions: pd.DataFrame, vocab: Vocabulary
     Args:
         interactions: frame with `user_id`, `item_id`, `timestamp` (see
             `validate_interactions`).
-        vocab: item vocabulary; unknown items become `OOV`.
+        vocab: item vocabulary; unknown items become `OOV` and are counted in a
+            warning.
 
     Returns:
         `(users, sequences)`: int64 `[U]` raw user ids ascending, and per user an int32
@@ -67,7 +69,11 @@ def user_sequences(interactions: pd.DataFrame, vocab: Vocabulary
     users = frame["user_id"].to_numpy()
     order = np.lexsort((frame["timestamp"].to_numpy(), users))  # stable
     unique_users, starts = np.unique(users[order], return_index=True)
-    items = vocab.lookup(frame["item_id"].to_numpy()[order])
+    items, unknown = vocab.lookup_with_unknown(frame["item_id"].to_numpy()[order])
+    if unknown:
+        warnings.warn(f"{unknown} of {len(items)} interactions have item ids that are not in "
+                      "the vocabulary; they were mapped to the out-of-vocabulary bucket.",
+                      stacklevel=2)
     return unique_users, np.split(items, starts[1:])
 
 
