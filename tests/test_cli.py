@@ -63,7 +63,7 @@ def test_bad_history_text(text, message):
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["recommend", "--run", str(tmp_path), "--history", "1"]) == 2
-    assert "is not a complete tfrec_proxy run" in capsys.readouterr().err
+    assert "is not a tfrec_proxy run: missing ['manifest.json']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["recommend", "--run", str(tmp_path), "--history", "1,y"])
     assert "history item 'y' is not an integer" in capsys.readouterr().err

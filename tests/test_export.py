@@ -23,7 +23,7 @@ def test_run_folder_layout(trained_run):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["format"] == "tfrec_proxy.run" and manifest["format_version"] == 1
     assert manifest["embedding_dim"] == 8 and manifest["num_interests"] == 1
-    assert manifest["max_k"] == 20
+    assert manifest["max_k"] == 20 and manifest["indexes"] == ["scann", "brute_force"]
     for name in ("query_model/saved_model.pb", "retrieval/scann/saved_model.pb",
                  "retrieval/brute_force/saved_model.pb", "candidates.npz", "metrics.json"):
         assert (run_dir / name).exists(), name
@@ -124,3 +124,25 @@ def test_invalid_run_folders(trained_run, tmp_path):
     (future / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RunFormatError, match="format version 99 is not supported"):
         load_run(future)
+
+
+def test_tiny_catalogue_gets_brute_force_only(tmp_path):
+    from tfrec_proxy.config import RunConfig
+    from tfrec_proxy.data import Vocabulary
+    from tfrec_proxy.export import export_run
+    from tfrec_proxy.models import build_model
+
+    vocab = Vocabulary.from_ids([10, 11, 12])
+    config = RunConfig()
+    config.data.max_len = 5
+    export_run(build_model(config.model, vocab.size, 5), tmp_path / "tiny", vocab=vocab,
+               config=config)
+    run = load_run(tmp_path / "tiny")
+    assert run.indexes == ["brute_force"] and run.max_k == 3
+    ids, _ = run.recommend([10, 11], k=3)
+    assert sorted(ids[0].tolist()) == [10, 11, 12]
+    with pytest.raises(ValueError, match=r"Index 'scann' is not in this run; it has \['brute_force'\]"):
+        run.recommend([10], k=1, index="scann")
+    with pytest.raises(FileExistsError, match="exists"):
+        export_run(build_model(config.model, vocab.size, 5), tmp_path / "tiny", vocab=vocab,
+                   config=config)

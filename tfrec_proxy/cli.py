@@ -85,7 +85,8 @@ def _build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--history", required=True, type=parse_history,
                            help="comma-separated raw item ids, oldest first, e.g. 3,17,42")
     recommend.add_argument("-k", type=_positive_int, default=10)
-    recommend.add_argument("--index", default="scann", choices=("scann", "brute_force"))
+    recommend.add_argument("--index", choices=("scann", "brute_force"),
+                           help="default: scann when the run has it, else brute_force")
     return parser
 
 
@@ -178,8 +179,10 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_recommend(args: argparse.Namespace) -> int:
     from tfrec_proxy.export import load_run
 
-    ids, scores = load_run(args.run).recommend([args.history], k=args.k, index=args.index)
-    print(json.dumps({"history": args.history, "k": args.k, "index": args.index,
+    run = load_run(args.run)
+    index = args.index or run.indexes[0]
+    ids, scores = run.recommend([args.history], k=args.k, index=index)
+    print(json.dumps({"history": args.history, "k": args.k, "index": index,
                       "items": [int(i) for i in ids[0]],
                       "scores": [round(float(s), 6) for s in scores[0]]}))
     return 0

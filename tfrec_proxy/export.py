@@ -12,7 +12,8 @@ A run folder (`saved_models/<run>/`) holds:
   either side; unknown ids map to the OOV index; the most recent `max_len` items
   are used.
 * `candidates.npz`: `ids` (int64 [N] raw item ids) and `embeddings` (float32 [N, d]).
-* `retrieval/scann/` and `retrieval/brute_force/`: SavedModels with
+* `retrieval/scann/` and `retrieval/brute_force/`: SavedModels (ScaNN only for
+  catalogues of at least 16 items; the manifest lists the indexes) with
   `serving_default(history: int64 [B, L], k: int32 [])` ->
   `{"ids": int64 [B, k], "scores": float32 [B, k]}`, `1 <= k <= max_k`.
 * `metrics.json` (optional): evaluation results.
@@ -48,10 +49,13 @@ except ImportError as error:  # pragma: no cover - scann is a pinned dependency
 FORMAT = "tfrec_proxy.run"
 FORMAT_VERSION = 1
 PAD_ID = -1
-INDEXES = ("scann", "brute_force")
+INDEXES = ("scann", "brute_force")  # in order of preference
 REQUIRED_FILES = ("manifest.json", "config.json", "vocabulary.json", "candidates.npz",
-                  "query_model/saved_model.pb", "weights/checkpoint",
-                  "retrieval/scann/saved_model.pb", "retrieval/brute_force/saved_model.pb")
+                  "query_model/saved_model.pb", "weights/checkpoint")
+# ScaNN's asymmetric hashing trains 16 centres per block and refuses fewer data points
+# ("Number of clusters per block (16) is greater than ... training data size"); smaller
+# catalogues get the exact brute-force index only.
+MIN_SCANN_CANDIDATES = 16
 
 
 class RunFormatError(ValueError):
@@ -196,14 +200,14 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
                         signatures={"serving_default": query.embed})
     sample = query.embed(tf.constant([[int(ids[0])]], tf.int64))["embedding"]
 
-    scann = scann_parameters(len(ids), config.export, max_k)
-    indexes = {
-        "brute_force": tfrs.layers.factorized_top_k.BruteForce(k=max_k),
-        "scann": tfrs.layers.factorized_top_k.ScaNN(
+    indexes = {"brute_force": tfrs.layers.factorized_top_k.BruteForce(k=max_k)}
+    scann = None
+    if len(ids) >= MIN_SCANN_CANDIDATES:
+        scann = scann_parameters(len(ids), config.export, max_k)
+        indexes["scann"] = tfrs.layers.factorized_top_k.ScaNN(
             k=max_k, num_leaves=scann["num_leaves"],
             num_leaves_to_search=scann["num_leaves_to_search"],
-            num_reordering_candidates=scann["num_reordering_candidates"]),
-    }
+            num_reordering_candidates=scann["num_reordering_candidates"])
     for name, index in indexes.items():
         index.index(tf.constant(embeddings), tf.constant(ids, tf.int64))
         module = _RetrievalModule(query, index, max_k)
@@ -224,6 +228,7 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
         "num_candidates": len(ids),
         "max_len": max_len,
         "max_k": max_k,
+        "indexes": [name for name in INDEXES if name in indexes],
         "scann": scann,
         "library_version": __version__,
         "tensorflow_version": tf.__version__,
@@ -243,23 +248,31 @@ def read_manifest(run_dir: Union[str, Path]) -> Dict[str, Any]:
     if not run_dir.is_dir():
         raise RunFormatError(f"Run folder {str(run_dir)!r} does not exist or is not a folder; "
                              "expected a folder written by `tfrec-proxy train`/`export`.")
-    missing = [name for name in REQUIRED_FILES if not (run_dir / name).exists()]
-    if missing:
-        raise RunFormatError(f"{str(run_dir)!r} is not a complete tfrec_proxy run: missing "
-                             f"{missing}. Re-export it with `tfrec-proxy export`.")
+    if not (run_dir / "manifest.json").exists():
+        raise RunFormatError(f"{str(run_dir)!r} is not a tfrec_proxy run: missing "
+                             "['manifest.json']. Export one with `tfrec-proxy train`/`export`.")
     try:
         manifest = json.loads((run_dir / "manifest.json").read_text())
     except json.JSONDecodeError as error:
         raise RunFormatError(f"{str(run_dir / 'manifest.json')!r} is not valid JSON: "
                              f"{error}") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise RunFormatError(f"{str(run_dir)!r}: manifest format is "
-                             f"{manifest.get('format') if isinstance(manifest, dict) else manifest!r}; "
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise RunFormatError(f"{str(run_dir)!r}: manifest format is {found!r}; "
                              f"expected {FORMAT!r}.")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise RunFormatError(f"{str(run_dir)!r}: run format version "
                              f"{manifest.get('format_version')!r} is not supported by "
                              f"tfrec_proxy {__version__}; expected {FORMAT_VERSION}.")
+    indexes = manifest.get("indexes")
+    if not isinstance(indexes, list) or not indexes or not set(indexes) <= set(INDEXES):
+        raise RunFormatError(f"{str(run_dir)!r}: manifest lists indexes {indexes!r}; "
+                             f"expected a non-empty list drawn from {list(INDEXES)}.")
+    required = REQUIRED_FILES + tuple(f"retrieval/{name}/saved_model.pb" for name in indexes)
+    missing = [name for name in required if not (run_dir / name).exists()]
+    if missing:
+        raise RunFormatError(f"{str(run_dir)!r} is not a complete tfrec_proxy run: missing "
+                             f"{missing}. Re-export it with `tfrec-proxy export`.")
     return manifest
 
 
@@ -285,9 +298,16 @@ class Run:
     def max_k(self) -> int:
         return int(self.manifest["max_k"])
 
-    def _index(self, name: str) -> Any:
-        if name not in INDEXES:
-            raise ValueError(f"Unknown index {name!r}; expected one of {INDEXES}.")
+    @property
+    def indexes(self) -> List[str]:
+        """The retrieval indexes this run has, best first (`"scann"`, `"brute_force"`)."""
+        return list(self.manifest["indexes"])
+
+    def _index(self, name: Optional[str]) -> Any:
+        name = name or self.indexes[0]
+        if name not in self.indexes:
+            raise ValueError(f"Index {name!r} is not in this run; it has {self.indexes} "
+                             f"(ScaNN needs at least {MIN_SCANN_CANDIDATES} candidates).")
         if name not in self._indexes:
             self._indexes[name] = tf.saved_model.load(str(self.path / "retrieval" / name))
         return self._indexes[name]
@@ -338,13 +358,14 @@ class Run:
         return self.embed_padded(self.histories_to_tensor(histories).numpy())
 
     def recommend(self, histories: Union[Sequence[int], Sequence[Sequence[int]]], k: int = 10,
-                  index: str = "scann") -> Tuple[np.ndarray, np.ndarray]:
+                  index: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Top-k items for each history.
 
         Args:
             histories: One history (sequence of raw item ids) or a batch of them.
             k: Number of items to return, `1 <= k <= max_k` (fixed at export).
-            index: `"scann"` (approximate) or `"brute_force"` (exact).
+            index: `"scann"` (approximate) or `"brute_force"` (exact); default the
+                run's first index (ScaNN when the catalogue has one).
 
         Returns:
             `(ids, scores)`: int64 `[B, k]` raw item ids and float32 `[B, k]` scores,
@@ -408,7 +429,7 @@ def load_run(run_dir: Union[str, Path]) -> Run:
 
 
 def recommend(run_dir: Union[str, Path], history: Sequence[int], k: int = 10,
-              index: str = "scann") -> Tuple[np.ndarray, np.ndarray]:
+              index: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Loads a run and returns `(ids [k], scores [k])` for one raw-id history."""
     ids, scores = load_run(run_dir).recommend([list(history)], k=k, index=index)
     return ids[0], scores[0]
