@@ -67,3 +67,20 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["recommend", "--run", str(tmp_path), "--history", "1,y"])
     assert "history item 'y' is not an integer" in capsys.readouterr().err
+
+
+def test_export_repairs_an_incomplete_run(trained_run, tmp_path, capsys):
+    import shutil
+
+    _, run_dir = trained_run
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    shutil.rmtree(broken / "retrieval")
+    (broken / "manifest.json").unlink()
+    assert main(["recommend", "--run", str(broken), "--history", "3"]) == 2
+    assert main(["export", "--run", str(broken)]) == 0
+    assert main(["recommend", "--run", str(broken), "--history", "3", "-k", "3"]) == 0
+    assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["items"]) == 3
+    shutil.rmtree(broken / "weights")
+    assert main(["export", "--run", str(broken)]) == 2
+    assert "missing ['weights/checkpoint']" in capsys.readouterr().err

@@ -25,3 +25,12 @@ def test_bench_full_ranking_smoke():
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ratio chunked/dense" in out.stdout and "peak RSS growth" in out.stdout
+
+
+def test_bench_run_retrieval_smoke(trained_run):
+    _, run_dir = trained_run
+    out = subprocess.run(
+        [sys.executable, str(PIPELINES / "bench_run_retrieval.py"), "--run", str(run_dir),
+         "--queries", "20", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "recall@10 of ScaNN against brute force over 20 test histories" in out.stdout

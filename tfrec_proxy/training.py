@@ -15,7 +15,7 @@ from tfrec_proxy._tf import tf
 from tfrec_proxy.config import RunConfig
 from tfrec_proxy.data import Vocabulary, make_dataset
 from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
-from tfrec_proxy.export import export_run, read_manifest
+from tfrec_proxy.export import RunFormatError, export_run
 from tfrec_proxy.models import RetrievalModel, build_model
 from tfrec_proxy.data.prepare import PreparedData, prepare_data
 
@@ -114,13 +114,20 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
 
 def restore_model(run_dir: Union[str, Path], data: Optional[PreparedData] = None
                   ) -> "tuple[RetrievalModel, PreparedData, RunConfig]":
-    """Rebuilds a run's Keras model from its `config.json` and `weights/` checkpoint.
+    """Rebuilds a run's Keras model from its `config.json`, `vocabulary.json` and
+    `weights/` checkpoint (the data is prepared again from `config.json`).
 
     Returns:
         `(model, data, config)`.
     """
     run_dir = Path(run_dir)
-    read_manifest(run_dir)
+    # Only what the model is rebuilt from is needed, so an incomplete or older export
+    # (missing SavedModels, outdated manifest) can be repaired by re-exporting.
+    needed = ("config.json", "vocabulary.json", "weights/checkpoint")
+    missing = [name for name in needed if not (run_dir / name).exists()]
+    if missing:
+        raise RunFormatError(f"Cannot rebuild a model from {str(run_dir)!r}: missing "
+                             f"{missing}; expected a run folder written by `tfrec-proxy train`.")
     config = RunConfig.from_json(run_dir / "config.json")
     data = data or prepare_data(config.data)
     saved_vocab = Vocabulary.load(run_dir / "vocabulary.json")
