@@ -146,3 +146,22 @@ def test_tiny_catalogue_gets_brute_force_only(tmp_path):
     with pytest.raises(FileExistsError, match="exists"):
         export_run(build_model(config.model, vocab.size, 5), tmp_path / "tiny", vocab=vocab,
                    config=config)
+
+
+def test_saved_models_check_their_inputs(trained_run):
+    _, run_dir = trained_run
+    query_model = tf.saved_model.load(str(run_dir / "query_model"))
+    embed = query_model.signatures["serving_default"]
+    # Padding on either side gives the same embedding as the unpadded history.
+    left = embed(history=tf.constant([[-1, -1, 3, 4]], tf.int64))["embedding"]
+    right = embed(history=tf.constant([[3, 4, -1, -1]], tf.int64))["embedding"]
+    np.testing.assert_allclose(left.numpy(), right.numpy(), atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least one item id"):
+        embed(history=tf.constant([[-1, -1]], tf.int64))
+    retrieve = tf.saved_model.load(str(run_dir / "retrieval" / "brute_force"))
+    retrieve = retrieve.signatures["serving_default"]
+    assert retrieve(history=tf.constant([[3]], tf.int64), k=tf.constant(4))["ids"].shape == (1, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="k must be <= max_k=20"):
+        retrieve(history=tf.constant([[3]], tf.int64), k=tf.constant(21))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="k must be >= 1"):
+        retrieve(history=tf.constant([[3]], tf.int64), k=tf.constant(0))
