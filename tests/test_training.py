@@ -39,6 +39,11 @@ def test_config_json_round_trip_and_unknown_keys(tmp_path):
         RunConfig.from_json(tmp_path / "bad.json")
 
 
+def test_unknown_monitor_is_an_error():
+    with pytest.raises(ValueError, match=r"Unknown early-stopping monitor 'val_hr@10'"):
+        train(tiny_config(early_stopping_patience=2, monitor="val_hr@10"), export=False)
+
+
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="Unknown strategy 'tpu'"):
         get_strategy("tpu")

@@ -12,12 +12,11 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from tfrec_proxy._tf import tf
-from tfrec_proxy.config import RunConfig
-from tfrec_proxy.data import Vocabulary, make_dataset
+from tfrec_proxy.config import RunConfig, TrainConfig
+from tfrec_proxy.data import PreparedData, Vocabulary, make_dataset, prepare_data
 from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
 from tfrec_proxy.export import RunFormatError, export_run
 from tfrec_proxy.models import RetrievalModel, build_model
-from tfrec_proxy.data.prepare import PreparedData, prepare_data
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -44,6 +43,15 @@ class TrainResult:
     metrics: Dict[str, float]
     run_dir: Optional[Path]
     seconds: float
+
+
+def _check_monitor(train: TrainConfig) -> None:
+    """Fails fast on a monitor no callback logs (Keras would only warn, never stop)."""
+    monitors = ["val_loss"] + [f"val_{name}@{k}" for k in train.eval_ks
+                               for name in ("hr", "ndcg")]
+    if train.early_stopping_patience > 0 and train.monitor not in monitors:
+        raise ValueError(f"Unknown early-stopping monitor {train.monitor!r}; expected one "
+                         f"of {monitors} (eval_ks={list(train.eval_ks)}).")
 
 
 def _callbacks(config: RunConfig, data: PreparedData) -> List[tf.keras.callbacks.Callback]:
@@ -76,6 +84,7 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         A `TrainResult`.
     """
     config = config or RunConfig()
+    _check_monitor(config.train)
     started = time.perf_counter()
     tf.keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config.data)
