@@ -84,3 +84,20 @@ def test_export_repairs_an_incomplete_run(trained_run, tmp_path, capsys):
     shutil.rmtree(broken / "weights")
     assert main(["export", "--run", str(broken)]) == 2
     assert "missing ['weights/checkpoint']" in capsys.readouterr().err
+
+
+def test_export_never_overwrites_another_folder(trained_run, tmp_path, capsys):
+    _, run_dir = trained_run
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "file.txt").write_text("data")
+    assert main(["export", "--run", str(run_dir), "--output", str(keep)]) == 2
+    assert "exists; choose a new folder" in capsys.readouterr().err
+    assert (keep / "file.txt").read_text() == "data"
+
+
+def test_train_refuses_an_existing_run_name_before_training(trained_run, capsys):
+    _, run_dir = trained_run
+    code = main(["train", "--output", str(run_dir.parent), "--run-name", run_dir.name])
+    assert code == 2
+    assert "exists; choose another run name" in capsys.readouterr().err

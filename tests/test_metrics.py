@@ -1,7 +1,6 @@
 """Ranking metrics and evaluation protocols, pinned against hand-computed values."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -106,14 +105,13 @@ def test_sample_negatives_uniform(num_negatives):
     np.testing.assert_allclose(counts, expected, rtol=0.05)
 
 
-def test_sample_negatives_100k_rows_is_fast():
+def test_sample_negatives_100k_rows():
+    # Speed is a benchmark concern (pipelines/); here only correctness at scale.
     rng = np.random.default_rng(0)
     num_items, rows = 50_000, 100_000
     targets = rng.integers(2, num_items, rows)
     exclude = [rng.integers(2, num_items, 10) for _ in range(rows)]
-    start = time.perf_counter()
     negatives = sample_negatives(num_items, targets, exclude)
-    assert time.perf_counter() - start < 2.0
     assert negatives.shape == (rows, 99)
     assert np.all(np.diff(negatives, axis=1) > 0)  # sorted, hence distinct
 
@@ -218,9 +216,7 @@ def test_full_ranks_large_catalogue_bounded_tiles():
     queries = rng.integers(-3, 4, (5, 8)).astype(np.float32)
     targets = rng.integers(2, num_items, 5)
     scorer = _RecordingScorer()
-    start = time.perf_counter()
     ranks = full_ranks(scorer, queries, items, targets, query_batch_size=4)
-    assert time.perf_counter() - start < 10.0
     assert scorer.max_tile == (4, 65536)
     scores = queries @ items.T
     target_scores = scores[np.arange(5), targets]
@@ -281,3 +277,13 @@ def test_evaluate_embeddings_exclusion():
     assert result["full/mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     with pytest.raises(ValueError, match="Nothing to evaluate"):
         evaluate_embeddings(QUERIES, ITEMS, TARGETS, sampled=False, full=False)
+
+
+def test_integer_inputs_rank_like_floats():
+    rng = np.random.default_rng(5)
+    items = rng.normal(size=(12, 3)).astype(np.float32)
+    queries = rng.integers(-2, 3, size=(4, 3))
+    targets = np.array([2, 5, 7, 11])
+    np.testing.assert_array_equal(
+        full_ranks(None, queries, items, targets),
+        full_ranks(None, queries.astype(np.float32), items, targets))

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 
+from tfrec_proxy._tf import tf
 from tfrec_proxy.config import RunConfig
 from tfrec_proxy.training import get_strategy, train
 
@@ -20,7 +21,16 @@ def test_training_reduces_loss_and_beats_chance(trained_run):
     assert set(result.metrics) >= {"full/hr@20", "sampled/head/hr@20", "sampled/tail/ndcg@5"}
 
 
-def test_early_stopping_restores_and_stops(tmp_path):
+def test_validation_callback_logs_the_sampled_metrics(trained_run):
+    from tfrec_proxy.evaluation import evaluate_model
+
+    result, _ = trained_run  # no early stopping: the model holds the last epoch's weights
+    expected = evaluate_model(result.model, result.data, "validation", full=False)
+    assert result.history["val_hr@20"][-1] == pytest.approx(expected["sampled/hr@20"])
+    assert result.history["val_ndcg@5"][-1] == pytest.approx(expected["sampled/ndcg@5"])
+
+
+def test_early_stopping_stops_when_the_monitor_stalls():
     config = tiny_config(epochs=6, early_stopping_patience=1, learning_rate=0.0)
     # With a zero learning rate nothing improves after epoch 1, so training stops at 2.
     result = train(config, export=False, verbose=0)
@@ -34,6 +44,15 @@ def test_config_json_round_trip_and_unknown_keys(tmp_path):
     assert RunConfig.from_json(tmp_path / "config.json") == config
     with pytest.raises(ValueError, match=r"config.train: unknown key\(s\) \['epoch'\]"):
         RunConfig.from_dict({"train": {"epoch": 3}})
+    with pytest.raises(ValueError, match=r"config.train.epochs: expected int, got '20'"):
+        RunConfig.from_dict({"train": {"epochs": "20"}})
+    with pytest.raises(ValueError, match=r"config.model.item_hidden_units: expected a list"):
+        RunConfig.from_dict({"model": {"item_hidden_units": 16}})
+    with pytest.raises(ValueError, match=r"config.train.mixed_precision: expected bool"):
+        RunConfig.from_dict({"train": {"mixed_precision": 1}})
+    relaxed = RunConfig.from_dict({"train": {"learning_rate": 1, "tensorboard_dir": None},
+                                   "model": {"item_hidden_units": [8, 8]}})
+    assert relaxed.train.learning_rate == 1.0 and relaxed.model.item_hidden_units == (8, 8)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="Cannot read run config"):
         RunConfig.from_json(tmp_path / "bad.json")
@@ -57,7 +76,10 @@ def test_gpu_ready_options_train_on_cpu(options, tmp_path):
     result = train(tiny_config(epochs=1, **options), export=False, verbose=0)
     if "tensorboard_dir" in options:
         assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))
+        assert isinstance(result.model.distribute_strategy, tf.distribute.MirroredStrategy)
+    else:
+        assert result.model.query_tower.encoder.dtype_policy.name == "mixed_float16"
+        assert result.model.query_embeddings(result.data.split.test.history[:2]).dtype == np.float32
     assert np.isfinite(result.history["loss"][0])
     assert result.metrics["sampled/count"] == len(result.data.split.test)
-    from tfrec_proxy._tf import tf
     assert tf.keras.mixed_precision.global_policy().name == "float32"

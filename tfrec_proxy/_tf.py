@@ -8,10 +8,8 @@ sets the variable, imports TensorFlow and checks what `tf.keras` resolved to, so
 
 import os
 
-_LEGACY_VALUES = ("1", "true", "True", "TRUE")
-
-if os.environ.get("TF_USE_LEGACY_KERAS") not in _LEGACY_VALUES:
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+# TFRS 0.7.7 works only with Keras 2, so the variable is set whatever its old value.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) is noise on CPU
 # machines; respect a caller's own setting.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

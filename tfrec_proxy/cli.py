@@ -10,6 +10,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from tfrec_proxy.config import RunConfig
+from tfrec_proxy.data.prepare import DATA_SOURCES, prepare_data
+from tfrec_proxy.evaluation import evaluate_run
+from tfrec_proxy.export import INDEXES, export_run, load_run
+from tfrec_proxy.training import STRATEGIES, format_metrics, restore_model, train
+
 DEFAULT_OUTPUT = "saved_models"
 
 
@@ -47,7 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train, evaluate and export a run")
     train.add_argument("--config", type=Path, help="RunConfig JSON (flags below override it)")
-    train.add_argument("--data", choices=("synthetic", "file"),
+    train.add_argument("--data", choices=DATA_SOURCES,
                        help="data source (default: synthetic long-tail generator)")
     train.add_argument("--data-path", help="ratings.dat / ml-1m.txt file or folder "
                        "(default for --data file: ../shared/data/ml-1m)")
@@ -60,7 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--embedding-dim", type=_positive_int)
     train.add_argument("--max-len", type=_positive_int)
     train.add_argument("--seed", type=int)
-    train.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"))
+    train.add_argument("--strategy", choices=STRATEGIES)
     train.add_argument("--mixed-precision", action="store_true", default=None)
     train.add_argument("--jit-compile", action="store_true", default=None)
     train.add_argument("--tensorboard-dir")
@@ -85,14 +91,12 @@ def _build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--history", required=True, type=parse_history,
                            help="comma-separated raw item ids, oldest first, e.g. 3,17,42")
     recommend.add_argument("-k", type=_positive_int, default=10)
-    recommend.add_argument("--index", choices=("scann", "brute_force"),
+    recommend.add_argument("--index", choices=INDEXES,
                            help="default: scann when the run has it, else brute_force")
     return parser
 
 
-def _train_config(args: argparse.Namespace):
-    from tfrec_proxy.config import RunConfig
-
+def _train_config(args: argparse.Namespace) -> RunConfig:
     config = RunConfig.from_json(args.config) if args.config else RunConfig()
     data = config.data
     if args.data:
@@ -126,8 +130,6 @@ def _train_config(args: argparse.Namespace):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from tfrec_proxy.training import format_metrics, train
-
     config = _train_config(args)
     # A progress bar on a terminal, one line per epoch in logs and pipes.
     result = train(config, output_dir=args.output, run_name=args.run_name,
@@ -144,11 +146,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from tfrec_proxy.evaluation import evaluate_run
-    from tfrec_proxy.export import load_run
-    from tfrec_proxy.data.prepare import prepare_data
-    from tfrec_proxy.training import format_metrics
-
     run = load_run(args.run)
     data_config = run.config.data
     if args.data_path:
@@ -161,26 +158,25 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from tfrec_proxy.export import export_run
-    from tfrec_proxy.training import restore_model
-
-    model, data, config = restore_model(args.run)
+    target = args.output or args.run
+    replacing_itself = target.resolve() == args.run.resolve()
+    if not replacing_itself and target.exists():
+        raise FileExistsError(f"--output {str(target)!r} exists; choose a new folder (only "
+                              "the run itself is replaced in place).")
+    model, vocab, config = restore_model(args.run)
     if args.max_k is not None:
         config.export.max_k = args.max_k
     metrics_file = args.run / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
-    target = args.output or args.run
-    export_run(model, target, vocab=data.vocab, config=config, metrics=metrics,
-               overwrite=True)
+    export_run(model, target, vocab=vocab, config=config, metrics=metrics,
+               overwrite=replacing_itself)
     print(f"exported run: {target}")
     return 0
 
 
 def _run_recommend(args: argparse.Namespace) -> int:
-    from tfrec_proxy.export import load_run
-
     run = load_run(args.run)
-    index = args.index or run.indexes[0]
+    index = args.index or run.default_index
     ids, scores = run.recommend([args.history], k=args.k, index=index)
     print(json.dumps({"history": args.history, "k": args.k, "index": index,
                       "items": [int(i) for i in ids[0]],

@@ -6,6 +6,7 @@ A `RunConfig` is written to `config.json` in every run folder, so a run can be r
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar, Union
 
@@ -44,8 +45,9 @@ class DataConfig:
         synthetic: Generator parameters for `source="synthetic"`.
         max_len: Sequences longer than this are split into several (IDW §4.1); also
             the history length fed to the query tower.
-        min_len: Chunks shorter than this are dropped (3 = one train, one
-            validation and one test target).
+        min_len: Chunks shorter than this are dropped; at least 3 (the validation
+            and test targets each need a history). A chunk of n items gives n - 3
+            training examples, one validation and one test example.
     """
 
     source: str = "synthetic"
@@ -169,16 +171,30 @@ class RunConfig:
 def _from_dict(cls: Type[T], values: Any, where: str) -> T:
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a JSON object, got {values!r}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}.")
-    kwargs = {}
-    for name, value in values.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default):
-            value = _from_dict(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}.")
+    return cls(**{name: _typed(value, hints[name], f"{where}.{name}")
+                  for name, value in values.items()})
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """Checks a JSON value against a field's type hint; lists become tuples."""
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return None
+        return _typed(value, next(a for a in args if a is not type(None)), where)
+    if origin is tuple:  # Tuple[X, ...]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}.")
+        return tuple(_typed(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}.")
+    return value

@@ -162,7 +162,7 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
     if run_dir.exists() and not overwrite:
         raise FileExistsError(f"Run folder {str(run_dir)!r} exists; pass overwrite=True "
                               "or choose another run name.")
-    if PAD_ID in set(vocab.ids.tolist()):
+    if np.any(vocab.ids == PAD_ID):
         raise ValueError(f"Item id {PAD_ID} is reserved as history padding in exports; "
                          "re-index the items.")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,12 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
         if run_dir.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old.", dir=run_dir.parent))
             run_dir.rename(retired / run_dir.name)
-            staging.rename(run_dir)
+            try:
+                staging.rename(run_dir)
+            except OSError:
+                (retired / run_dir.name).rename(run_dir)  # put the old run back
+                retired.rmdir()
+                raise
             shutil.rmtree(retired)
         else:
             staging.rename(run_dir)
@@ -303,8 +308,13 @@ class Run:
         """The retrieval indexes this run has, best first (`"scann"`, `"brute_force"`)."""
         return list(self.manifest["indexes"])
 
+    @property
+    def default_index(self) -> str:
+        """ScaNN when the run has it, else brute force."""
+        return self.indexes[0]
+
     def _index(self, name: Optional[str]) -> Any:
-        name = name or self.indexes[0]
+        name = name or self.default_index
         if name not in self.indexes:
             raise ValueError(f"Index {name!r} is not in this run; it has {self.indexes} "
                              f"(ScaNN needs at least {MIN_SCANN_CANDIDATES} candidates).")

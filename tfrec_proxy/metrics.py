@@ -330,12 +330,17 @@ def sample_negatives(
     return negatives
 
 
+def _as_float(tensor: tf.Tensor) -> tf.Tensor:
+    return tensor if tensor.dtype.is_floating else tf.cast(tensor, tf.float32)
+
+
 def _prepare(
     queries: ArrayLike, item_embeddings: ArrayLike, targets: ArrayLike
 ) -> Tuple[tf.Tensor, tf.Tensor, np.ndarray]:
     """Converts and validates the inputs shared by the ranking functions."""
-    queries = tf.convert_to_tensor(queries)
-    item_embeddings = tf.convert_to_tensor(item_embeddings)
+    # Integer inputs would make the scorer truncate float embeddings to integers.
+    queries = _as_float(tf.convert_to_tensor(queries, dtype_hint=tf.float32))
+    item_embeddings = _as_float(tf.convert_to_tensor(item_embeddings, dtype_hint=tf.float32))
     if queries.shape.rank not in (2, 3):
         raise ValueError(f"queries must be [N, d] or [N, M, d]; got shape {queries.shape}.")
     if item_embeddings.shape.rank != 2:

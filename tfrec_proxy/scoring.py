@@ -11,8 +11,6 @@ evaluation and retrieval all score through a scorer object with two methods:
   `[B, d]` or `[B, M, d]` x `[B, K, d]` -> `[B, K]` (sampled-negative evaluation).
 """
 
-from typing import Any, Dict
-
 from tfrec_proxy._tf import tf
 
 
@@ -58,9 +56,6 @@ class DotScorer(tf.keras.layers.Layer):
         if queries.shape.rank == 3:
             return tf.reduce_max(tf.einsum("bmd,bkd->bmk", queries, candidates), axis=1)
         return tf.einsum("bd,bkd->bk", queries, candidates)
-
-    def get_config(self) -> Dict[str, Any]:
-        return super().get_config()
 
 
 def get_scorer(name: str) -> tf.keras.layers.Layer:

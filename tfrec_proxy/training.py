@@ -7,7 +7,7 @@ import datetime
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -54,14 +54,16 @@ def _check_monitor(train: TrainConfig) -> None:
                          f"of {monitors} (eval_ks={list(train.eval_ks)}).")
 
 
-def _callbacks(config: RunConfig, data: PreparedData) -> List[tf.keras.callbacks.Callback]:
+def _callbacks(config: RunConfig, data: PreparedData,
+               verbose: int = 1) -> List[tf.keras.callbacks.Callback]:
     train = config.train
     callbacks: List[tf.keras.callbacks.Callback] = [
         SampledRankingCallback(data, "validation", ks=train.eval_ks, seed=train.seed)]
     if train.early_stopping_patience > 0:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
             monitor=train.monitor, mode="min" if train.monitor.endswith("loss") else "max",
-            patience=train.early_stopping_patience, restore_best_weights=True, verbose=1))
+            patience=train.early_stopping_patience, restore_best_weights=True,
+            verbose=verbose))
     if train.tensorboard_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=train.tensorboard_dir))
     return callbacks
@@ -75,7 +77,8 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
     Args:
         config: Run settings; defaults train the baseline on the synthetic data.
         output_dir: Parent folder of run folders.
-        run_name: Run folder name; default `run-<UTC timestamp>`.
+        run_name: Run folder name; default `run-<UTC timestamp>`. An existing folder
+            is an error, raised before training starts.
         export: Write the run folder.
         verbose: Keras `fit` verbosity (progress bar with `"auto"` on a terminal).
         data: Already prepared data for `config.data` (skips preparation).
@@ -85,10 +88,18 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
     """
     config = config or RunConfig()
     _check_monitor(config.train)
+    run_dir = None
+    if export:
+        run_dir = Path(output_dir) / (run_name or "run-" + datetime.datetime.now(
+            datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+        if run_dir.exists():
+            raise FileExistsError(f"Run folder {str(run_dir)!r} exists; choose another run "
+                                  "name or remove it.")
     started = time.perf_counter()
     tf.keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config.data)
     strategy = get_strategy(config.train.strategy)
+    policy = tf.keras.mixed_precision.global_policy()
     if config.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -102,32 +113,27 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
                                 seed=config.train.seed)
         validation_ds = make_dataset(data.split.validation, global_batch)
         history = model.fit(train_ds, validation_data=validation_ds,
-                            epochs=config.train.epochs, callbacks=_callbacks(config, data),
+                            epochs=config.train.epochs,
+                            callbacks=_callbacks(config, data, verbose=int(verbose != 0)),
                             verbose=verbose)
     finally:
-        if config.train.mixed_precision:
-            tf.keras.mixed_precision.set_global_policy("float32")
+        tf.keras.mixed_precision.set_global_policy(policy)
     metrics = evaluate_model(model, data, "test", ks=config.train.eval_ks, seed=config.train.seed)
-    run_dir = None
-    if export:
-        name = run_name or "run-" + datetime.datetime.now(datetime.timezone.utc).strftime(
-            "%Y%m%d-%H%M%S")
+    if run_dir is not None:
         results = {"test": metrics, "data": data.summary(),
                    "epochs": len(history.history.get("loss", [])),
                    "train_seconds": round(time.perf_counter() - started, 2)}
-        run_dir = export_run(model, Path(output_dir) / name, vocab=data.vocab, config=config,
-                             metrics=results)
+        export_run(model, run_dir, vocab=data.vocab, config=config, metrics=results)
     return TrainResult(model, data, history.history, metrics, run_dir,
                        time.perf_counter() - started)
 
 
-def restore_model(run_dir: Union[str, Path], data: Optional[PreparedData] = None
-                  ) -> "tuple[RetrievalModel, PreparedData, RunConfig]":
+def restore_model(run_dir: Union[str, Path]) -> Tuple[RetrievalModel, Vocabulary, RunConfig]:
     """Rebuilds a run's Keras model from its `config.json`, `vocabulary.json` and
-    `weights/` checkpoint (the data is prepared again from `config.json`).
+    `weights/` checkpoint; the data is not needed (the logQ table is checkpointed).
 
     Returns:
-        `(model, data, config)`.
+        `(model, vocabulary, config)`.
     """
     run_dir = Path(run_dir)
     # Only what the model is rebuilt from is needed, so an incomplete or older export
@@ -138,19 +144,16 @@ def restore_model(run_dir: Union[str, Path], data: Optional[PreparedData] = None
         raise RunFormatError(f"Cannot rebuild a model from {str(run_dir)!r}: missing "
                              f"{missing}; expected a run folder written by `tfrec-proxy train`.")
     config = RunConfig.from_json(run_dir / "config.json")
-    data = data or prepare_data(config.data)
-    saved_vocab = Vocabulary.load(run_dir / "vocabulary.json")
-    if not np.array_equal(saved_vocab.ids, data.vocab.ids):
-        raise ValueError(f"The data rebuilt from {str(run_dir / 'config.json')!r} has a "
-                         "different item vocabulary than the run's vocabulary.json; was the "
-                         "data file changed since training?")
-    model = build_model(config.model, data.vocab.size, config.data.max_len,
-                        data.sampling_probability)
+    vocab = Vocabulary.load(run_dir / "vocabulary.json")
+    # A placeholder: the checkpoint restores the trained sampling probabilities.
+    placeholder = np.full(vocab.size, 1.0 / vocab.size, np.float32)
+    model = build_model(config.model, vocab.size, config.data.max_len, placeholder)
     # Create the towers' variables so the checkpoint restores into them now.
     model.query_tower(tf.zeros([1, config.data.max_len], tf.int32))
     model.candidate_tower(model.candidate_features(tf.zeros([1], tf.int32)))
-    model.load_weights(str(run_dir / "weights" / "model")).expect_partial()
-    return model, data, config
+    status = model.load_weights(str(run_dir / "weights" / "model"))
+    status.expect_partial().assert_existing_objects_matched()
+    return model, vocab, config
 
 
 def format_metrics(metrics: Dict[str, Any]) -> str:

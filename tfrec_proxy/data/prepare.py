@@ -14,10 +14,9 @@ import pandas as pd
 from tfrec_proxy.config import DataConfig
 from tfrec_proxy.data.loaders import (LoadReport, default_data_dir, load_interactions,
                                       validate_interactions)
-from tfrec_proxy.data.sequences import (Examples, SequenceSplit, head_item_mask,
-                                        item_frequencies, leave_one_out,
-                                        sampling_probabilities, split_long_sequences,
-                                        user_sequences)
+from tfrec_proxy.data.sequences import (Examples, SequenceSplit, group_sequences,
+                                        head_item_mask, item_frequencies, leave_one_out,
+                                        sampling_probabilities, split_long_sequences)
 from tfrec_proxy.data.synthetic import generate_long_tail
 from tfrec_proxy.data.vocab import Vocabulary
 
@@ -93,6 +92,9 @@ def prepare_data(config: DataConfig) -> PreparedData:
     Returns:
         The prepared data.
     """
+    if config.min_len < 3:
+        raise ValueError(f"DataConfig.min_len={config.min_len} is too small; expected >= 3 "
+                         "(validation and test targets each need a history).")
     if config.source not in DATA_SOURCES:
         raise ValueError(f"Unknown data source {config.source!r}; expected one of "
                          f"{DATA_SOURCES}.")
@@ -107,13 +109,21 @@ def prepare_data(config: DataConfig) -> PreparedData:
     interactions = validate_interactions(interactions)
 
     vocab = Vocabulary.from_ids(interactions["item_id"].to_numpy())
-    users, sequences = user_sequences(interactions, vocab)
-    users, sequences, dropped = split_long_sequences(users, sequences, config.max_len,
-                                                     config.min_len)
-    if not sequences:
-        raise ValueError(f"No user sequence has at least min_len={config.min_len} items; "
-                         "nothing to train on.")
-    split = leave_one_out(users, sequences, history_len=config.max_len)
+    users, sequences = group_sequences(interactions, vocab)
+    # Every item a user touched, dropped short chunks included, is excluded from the
+    # sampled negatives ("items the user has not interacted with", IDW §4.2).
+    user_items = {int(user): np.unique(sequence) for user, sequence in zip(users, sequences)}
+    chunk_users, chunks, dropped = split_long_sequences(users, sequences, config.max_len,
+                                                        config.min_len)
+    if not chunks:
+        raise ValueError(f"No user sequence has at least DataConfig.min_len={config.min_len} "
+                         "items; nothing to train on.")
+    split = dataclasses.replace(leave_one_out(chunk_users, chunks, history_len=config.max_len),
+                                user_items=user_items)
+    if len(split.train) == 0:
+        raise ValueError("No training examples: every kept sequence has exactly 3 items, "
+                         "which give only a validation and a test target; a training "
+                         "example needs a sequence of at least 4 items.")
     counts = item_frequencies(split.train.target, vocab.size)
     item_clusters = None
     if clusters_by_id is not None:

@@ -65,7 +65,12 @@ def user_sequences(interactions: pd.DataFrame, vocab: Vocabulary
         array of item indices sorted by timestamp (stable: equal timestamps keep row
         order).
     """
-    frame = validate_interactions(interactions)
+    return group_sequences(validate_interactions(interactions), vocab)
+
+
+def group_sequences(frame: pd.DataFrame, vocab: Vocabulary
+                    ) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """`user_sequences` for a frame that `validate_interactions` already returned."""
     users = frame["user_id"].to_numpy()
     order = np.lexsort((frame["timestamp"].to_numpy(), users))  # stable
     unique_users, starts = np.unique(users[order], return_index=True)

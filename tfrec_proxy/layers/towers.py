@@ -91,10 +91,6 @@ class ItemTower(tf.keras.layers.Layer):
                     for i, units in enumerate(hidden_units[:-1])]
         self.mlp.append(tf.keras.layers.Dense(hidden_units[-1], name="output"))
 
-    @property
-    def dim(self) -> int:
-        return self.hidden_units[-1]
-
     def call(self, features: Mapping[str, tf.Tensor],
              training: Optional[bool] = None) -> tf.Tensor:
         """Embeds candidates.
