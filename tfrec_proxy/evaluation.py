@@ -7,12 +7,13 @@ targets.
 """
 
 import warnings
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
 from tfrec_proxy._tf import tf
 from tfrec_proxy.data.prepare import PreparedData
+from tfrec_proxy.data.sequences import Examples
 from tfrec_proxy.export import PAD_ID, Run
 from tfrec_proxy.metrics import evaluate_embeddings, sample_negatives, sampled_ranks, summarize
 from tfrec_proxy.scoring import get_scorer
@@ -27,11 +28,9 @@ def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test
         Flat dict, e.g. `{"sampled/hr@20": ..., "full/tail/ndcg@20": ...}`.
     """
     examples = data.examples(split)
-    return evaluate_embeddings(
-        model.query_embeddings(examples.history), model.item_embeddings(data.vocab.size),
-        examples.target, scorer=model.scorer, ks=tuple(ks), head_items=data.head_items,
-        exclude=data.seen_items(examples), num_negatives=num_negatives, seed=seed,
-        full=full, chunk_size=chunk_size)
+    return _evaluate(data, examples, model.query_embeddings(examples.history),
+                     model.item_embeddings(data.vocab.size), model.scorer, ks=ks,
+                     num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
 
 
 def evaluate_run(run: Run, data: PreparedData, split: str = "test", ks: Sequence[int] = (5, 20),
@@ -49,16 +48,24 @@ def evaluate_run(run: Run, data: PreparedData, split: str = "test", ks: Sequence
         warnings.warn(f"{unknown} of {len(data.vocab.ids)} items of the evaluation data are "
                       "not in the run's vocabulary; as history items they map to the OOV "
                       "bucket, as targets they score 0.", stacklevel=2)
+    # Index histories back to raw ids (padding -> -1) for the SavedModel.
     raw = np.where(examples.history >= 2, data.vocab.ids[np.maximum(examples.history - 2, 0)],
                    PAD_ID)
     items = np.zeros((data.vocab.size, run.candidate_embeddings.shape[1]), np.float32)
     known = data.vocab.lookup(run.candidate_ids)
     items[known[known >= 2]] = run.candidate_embeddings[known >= 2]
-    return evaluate_embeddings(
-        run.embed_padded(raw), items, examples.target,
-        scorer=get_scorer(run.config.model.scorer), ks=tuple(ks),
-        head_items=data.head_items, exclude=data.seen_items(examples),
-        num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
+    return _evaluate(data, examples, run.embed_padded(raw), items,
+                     get_scorer(run.config.model.scorer), ks=ks, num_negatives=num_negatives,
+                     seed=seed, full=full, chunk_size=chunk_size)
+
+
+def _evaluate(data: PreparedData, examples: Examples, queries: np.ndarray, items: np.ndarray,
+              scorer: tf.keras.layers.Layer, **options: Any) -> Dict[str, float]:
+    """The shared tail of `evaluate_model`/`evaluate_run`: exclusions, head items."""
+    options["ks"] = tuple(options["ks"])
+    return evaluate_embeddings(queries, items, examples.target, scorer=scorer,
+                               head_items=data.head_items, exclude=data.seen_items(examples),
+                               **options)
 
 
 class SampledRankingCallback(tf.keras.callbacks.Callback):
@@ -87,11 +94,12 @@ class SampledRankingCallback(tf.keras.callbacks.Callback):
                                           num_negatives=num_negatives, seed=seed)
 
     def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
+        if logs is None:
+            return
         ranks = sampled_ranks(self.model.scorer, self.model.query_embeddings(self.examples.history),
                               self.model.item_embeddings(self.vocab_size),
                               self.examples.target, self.negatives)
         results = summarize(ranks, ks=self.ks)
-        if logs is not None:
-            for k in self.ks:
-                logs[f"val_hr@{k}"] = results[f"hr@{k}"]
-                logs[f"val_ndcg@{k}"] = results[f"ndcg@{k}"]
+        for k in self.ks:
+            logs[f"val_hr@{k}"] = results[f"hr@{k}"]
+            logs[f"val_ndcg@{k}"] = results[f"ndcg@{k}"]
