@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from tfrec_proxy._checks import check_positive_int
 from tfrec_proxy._tf import tf, tfrs
 from tfrec_proxy.config import ExportConfig, RunConfig
 from tfrec_proxy.data.vocab import Vocabulary
@@ -381,8 +382,7 @@ class Run:
             `(ids, scores)`: int64 `[B, k]` raw item ids and float32 `[B, k]` scores,
             best first.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        check_positive_int("k", k)
         if k > len(self.candidate_ids):
             raise ValueError(f"k={k} exceeds the catalogue size ({len(self.candidate_ids)} "
                              "items); choose a smaller k.")

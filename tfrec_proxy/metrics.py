@@ -22,6 +22,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from tfrec_proxy._checks import check_positive_int
 from tfrec_proxy._tf import tf
 from tfrec_proxy.scoring import DotScorer
 
@@ -33,11 +34,6 @@ FIRST_ITEM = 2
 _MAX_REJECTION_ROUNDS = 32
 # Random priorities held at once by the exact (dense) sampler.
 _DENSE_BLOCK_ELEMENTS = 1 << 22
-
-
-def _check_k(k: int) -> None:
-    if int(k) != k or k < 1:
-        raise ValueError(f"k must be an integer >= 1; got {k!r}.")
 
 
 def _check_ranks(ranks: ArrayLike) -> np.ndarray:
@@ -62,7 +58,7 @@ def hit_rate(ranks: ArrayLike, k: int) -> float:
     Raises:
         ValueError: if `k < 1` or `ranks` is empty, not 1-D or negative.
     """
-    _check_k(k)
+    check_positive_int("k", k)
     ranks = _check_ranks(ranks)
     return float(np.mean(ranks < k))
 
@@ -80,7 +76,7 @@ def ndcg(ranks: ArrayLike, k: int) -> float:
     Raises:
         ValueError: if `k < 1` or `ranks` is empty, not 1-D or negative.
     """
-    _check_k(k)
+    check_positive_int("k", k)
     ranks = _check_ranks(ranks)
     gains = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
     return float(np.mean(gains))
@@ -285,8 +281,7 @@ def sample_negatives(
             outside the vocabulary, or a row with fewer than `num_negatives` eligible
             items.
     """
-    if int(num_negatives) != num_negatives or num_negatives < 1:
-        raise ValueError(f"num_negatives must be an integer >= 1; got {num_negatives!r}.")
+    check_positive_int("num_negatives", num_negatives)
     num_items = int(num_items_total)
     if num_items > np.iinfo(np.int32).max:
         raise ValueError(
@@ -353,11 +348,6 @@ def _prepare(
     return queries, item_embeddings, targets
 
 
-def _check_batch_size(name: str, value: int) -> None:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
-
-
 def sampled_ranks(
     scorer: Optional[tf.keras.layers.Layer],
     queries: ArrayLike,
@@ -387,7 +377,7 @@ def sampled_ranks(
     Raises:
         ValueError: on bad shapes, out-of-vocabulary items or `batch_size < 1`.
     """
-    _check_batch_size("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     scorer = DotScorer() if scorer is None else scorer
     queries, item_embeddings, targets = _prepare(queries, item_embeddings, targets)
     num_items = int(item_embeddings.shape[0])
@@ -459,8 +449,8 @@ def full_ranks(
         ValueError: on bad shapes, out-of-vocabulary items, repeated or empty
             candidates, or batch sizes < 1.
     """
-    _check_batch_size("query_batch_size", query_batch_size)
-    _check_batch_size("chunk_size", chunk_size)
+    check_positive_int("query_batch_size", query_batch_size)
+    check_positive_int("chunk_size", chunk_size)
     scorer = DotScorer() if scorer is None else scorer
     queries, item_embeddings, targets = _prepare(queries, item_embeddings, targets)
     num_items = int(item_embeddings.shape[0])
@@ -564,7 +554,7 @@ def summarize(
     if len(ks) == 0:
         raise ValueError("ks must name at least one cut-off.")
     for k in ks:
-        _check_k(k)
+        check_positive_int("k", k)
     result = _metrics(ranks, ks, prefix)
     for name, mask in (groups or {}).items():
         mask = np.asarray(mask)

@@ -16,16 +16,12 @@ from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from tfrec_proxy._checks import check_positive_int
 from tfrec_proxy.data.loaders import validate_interactions
 from tfrec_proxy.data.vocab import Vocabulary
 
 if TYPE_CHECKING:
     from tfrec_proxy._tf import tf
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _flatten(users: np.ndarray, sequences: Sequence[np.ndarray]
@@ -105,8 +101,8 @@ def split_long_sequences(users: np.ndarray, sequences: Sequence[np.ndarray],
     Raises:
         ValueError: bad lengths, or `users` and `sequences` do not match.
     """
-    _check_positive("max_len", max_len)
-    _check_positive("min_len", min_len)
+    check_positive_int("max_len", max_len)
+    check_positive_int("min_len", min_len)
     if min_len > max_len:
         raise ValueError(f"min_len must be <= max_len={max_len}, got {min_len}")
     users, lengths, items = _flatten(users, sequences)
@@ -189,7 +185,7 @@ def leave_one_out(users: np.ndarray, sequences: Sequence[np.ndarray],
         ValueError: there is no chunk, a chunk is shorter than 3, or the arguments do
             not match.
     """
-    _check_positive("history_len", history_len)
+    check_positive_int("history_len", history_len)
     owners, lengths, items = _flatten(users, sequences)
     if not len(lengths):
         raise ValueError("no chunks: leave_one_out needs at least one sequence")
@@ -247,7 +243,7 @@ def item_frequencies(targets: np.ndarray, vocab_size: int) -> np.ndarray:
     Returns:
         float64 `[V]` counts.
     """
-    _check_positive("vocab_size", vocab_size)
+    check_positive_int("vocab_size", vocab_size)
     targets = np.asarray(targets).ravel()
     if targets.size and targets.dtype.kind not in "iu":
         raise ValueError(f"targets must be integer indices, got dtype {targets.dtype}")
@@ -335,7 +331,7 @@ def make_dataset(examples: Examples, batch_size: int, shuffle: bool = False, see
     Raises:
         ValueError: `batch_size < 1` or `examples` is empty.
     """
-    _check_positive("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if len(examples) == 0:
         raise ValueError("examples is empty: nothing to put in a dataset")
     from tfrec_proxy._tf import tf  # TensorFlow only for this function

@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from tfrec_proxy._checks import check_positive_int
+
 
 @dataclass(frozen=True, eq=False)
 class SyntheticData:
@@ -58,11 +60,6 @@ class SyntheticData:
                 f"item id {ids[bad].flat[0]} is out of range: expected ids in "
                 f"1..{len(self.item_clusters)}")
         return self.item_clusters[ids.astype(np.int64) - 1]
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -181,7 +178,7 @@ def generate_long_tail(num_users: int = 2000, num_items: int = 1000, num_cluster
                   interests_per_user=interests_per_user, alpha=alpha, gamma=gamma,
                   epsilon=epsilon, seed=seed)
     for name in ("num_users", "num_items", "num_clusters", "seq_len", "interests_per_user"):
-        _check_count(name, params[name])
+        check_positive_int(name, params[name])
     for name in ("interest_skew", "item_skew"):
         if not (math.isfinite(params[name]) and params[name] >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {params[name]!r}")
