@@ -183,3 +183,13 @@ def test_make_dataset_rejects_bad_input():
         make_dataset(_examples(2), batch_size=0)
     with pytest.raises(ValueError, match="examples is empty"):
         make_dataset(_examples(0), batch_size=4)
+
+
+def test_user_item_sets_by_hand():
+    from tfrec_proxy.data.sequences import user_item_sets
+
+    sets = user_item_sets(np.array([7, 3, 7]), [np.array([5, 2, 5]), np.array([4]),
+                                                np.array([9, 2])])
+    assert sorted(sets) == [3, 7]
+    _assert_equal(sets[7], [2, 5, 9], np.int32)
+    _assert_equal(sets[3], [4], np.int32)

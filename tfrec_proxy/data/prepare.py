@@ -16,7 +16,8 @@ from tfrec_proxy.data.loaders import (LoadReport, default_data_dir, load_interac
                                       validate_interactions)
 from tfrec_proxy.data.sequences import (Examples, SequenceSplit, group_sequences,
                                         head_item_mask, item_frequencies, leave_one_out,
-                                        sampling_probabilities, split_long_sequences)
+                                        sampling_probabilities, split_long_sequences,
+                                        user_item_sets)
 from tfrec_proxy.data.synthetic import generate_long_tail
 from tfrec_proxy.data.vocab import Vocabulary
 
@@ -112,14 +113,14 @@ def prepare_data(config: DataConfig) -> PreparedData:
     users, sequences = group_sequences(interactions, vocab)
     # Every item a user touched, dropped short chunks included, is excluded from the
     # sampled negatives ("items the user has not interacted with", IDW §4.2).
-    user_items = {int(user): np.unique(sequence) for user, sequence in zip(users, sequences)}
+    user_items = user_item_sets(users, sequences)
     chunk_users, chunks, dropped = split_long_sequences(users, sequences, config.max_len,
                                                         config.min_len)
     if not chunks:
         raise ValueError(f"No user sequence has at least DataConfig.min_len={config.min_len} "
                          "items; nothing to train on.")
-    split = dataclasses.replace(leave_one_out(chunk_users, chunks, history_len=config.max_len),
-                                user_items=user_items)
+    split = leave_one_out(chunk_users, chunks, history_len=config.max_len,
+                          user_items=user_items)
     if len(split.train) == 0:
         raise ValueError("No training examples: every kept sequence has exactly 3 items, "
                          "which give only a validation and a test target; a training "

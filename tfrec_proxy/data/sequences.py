@@ -11,7 +11,7 @@ training targets (logQ correction, head/tail metrics).
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -165,7 +165,8 @@ class SequenceSplit:
 
 
 def leave_one_out(users: np.ndarray, sequences: Sequence[np.ndarray],
-                  history_len: int = 30) -> SequenceSplit:
+                  history_len: int = 30,
+                  user_items: Optional[Dict[int, np.ndarray]] = None) -> SequenceSplit:
     """Builds leave-one-out train / validation / test examples from chunks.
 
     For a chunk `s` of length n >= 3: test is `s[:n-1] -> s[n-1]`, validation is
@@ -177,6 +178,9 @@ def leave_one_out(users: np.ndarray, sequences: Sequence[np.ndarray],
         users: int64 `[S]` owner of each chunk (raw user id).
         sequences: S 1-D item-index chunks, e.g. from `split_long_sequences`.
         history_len: L, the history width.
+        user_items: the split's exclusion sets when they should cover more than
+            these chunks (e.g. `user_item_sets` of the unsplit sequences); default
+            built from the chunks.
 
     Returns:
         The split; see `SequenceSplit`.
@@ -218,19 +222,36 @@ def leave_one_out(users: np.ndarray, sequences: Sequence[np.ndarray],
         return Examples(history=windows[slots - history_len], target=padded[slots],
                         user=owners[example_chunk[mask]])
 
-    # Unique (user, item) pairs, grouped by user.
-    item_owner = owners[chunk_of_item]
+    if user_items is None:
+        user_items = _item_sets(owners[chunk_of_item], items)
+    return SequenceSplit(train=examples(steps_from_end >= 3),
+                         validation=examples(steps_from_end == 2),
+                         test=examples(steps_from_end == 1), user_items=user_items)
+
+
+def user_item_sets(users: np.ndarray, sequences: Sequence[np.ndarray]) -> Dict[int, np.ndarray]:
+    """Each user's sorted unique item indices over all its sequences.
+
+    Args:
+        users: int64 `[S]` owner of each sequence.
+        sequences: S 1-D item-index arrays.
+
+    Returns:
+        raw user id -> int32 sorted unique item indices.
+    """
+    owners, lengths, items = _flatten(users, sequences)
+    return _item_sets(np.repeat(owners, lengths), items.astype(np.int32))
+
+
+def _item_sets(item_owner: np.ndarray, items: np.ndarray) -> Dict[int, np.ndarray]:
+    """Unique (owner, item) pairs grouped by owner, vectorised (no per-user loop)."""
     order = np.lexsort((items, item_owner))
     pair_owner, pair_item = item_owner[order], items[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = (pair_owner[1:] != pair_owner[:-1]) | (pair_item[1:] != pair_item[:-1])
     pair_owner, pair_item = pair_owner[first], pair_item[first]
     user_ids, user_starts = np.unique(pair_owner, return_index=True)
-    user_items = dict(zip(user_ids.tolist(), np.split(pair_item, user_starts[1:])))
-
-    return SequenceSplit(train=examples(steps_from_end >= 3),
-                         validation=examples(steps_from_end == 2),
-                         test=examples(steps_from_end == 1), user_items=user_items)
+    return dict(zip(user_ids.tolist(), np.split(pair_item, user_starts[1:])))
 
 
 def item_frequencies(targets: np.ndarray, vocab_size: int) -> np.ndarray:
