@@ -17,7 +17,8 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tfrec_proxy", "tfrec_proxy.*"]),
-    python_requires=">=3.11,<3.12",
+    # TF 2.20 and ScaNN 1.4.2 publish wheels for CPython 3.11-3.13.
+    python_requires=">=3.11,<3.14",
     # Pinned together: ScaNN 1.4.2's TF ops are built for TF 2.20 (they fail to load
     # on 2.21), and TFRS 0.7.7 needs Keras 2 (tf-keras).
     install_requires=[
@@ -27,7 +28,9 @@ setup(
         "scann==1.4.2",
         "numpy",
         "pandas",
+        "pyarrow>=15,<27",        # Parquet interaction tables
+        "matplotlib>=3.8,<4",     # `tfrec-proxy report` plots
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest>=8,<10"]},
     entry_points={"console_scripts": ["tfrec-proxy=tfrec_proxy.cli:main"]},
 )

@@ -21,7 +21,9 @@ def _raw_histories(data, examples, count):
 def test_run_folder_layout(trained_run):
     _, run_dir = trained_run
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["format"] == "tfrec_proxy.run" and manifest["format_version"] == 1
+    assert manifest["format"] == "tfrec_proxy.run" and manifest["format_version"] == 2
+    assert manifest["model_kind"] == "two_tower" and manifest["scorer"] == "dot"
+    assert manifest["query_shape"] == [8] and manifest["query_features"] == ["history"]
     assert manifest["embedding_dim"] == 8 and manifest["num_interests"] == 1
     assert manifest["max_k"] == 20 and manifest["indexes"] == ["scann", "brute_force"]
     for name in ("query_model/saved_model.pb", "retrieval/scann/saved_model.pb",
@@ -103,7 +105,8 @@ def test_bad_histories_and_k(trained_run):
         run.recommend([3], k=21)
     with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
         run.recommend([3], k=0)
-    with pytest.warns(UserWarning, match="2 of 3 history item ids are not in the run's vocabulary"):
+    with pytest.warns(UserWarning, match=r"2 item id\(s\) \[123456, 999999\] in 1 of 1 "
+                                         "histories are not in the run's vocabulary"):
         ids, _ = run.recommend([3, 123456, 999999], k=5)
     assert ids.shape == (1, 5)
 
@@ -115,8 +118,15 @@ def test_invalid_run_folders(trained_run, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
     shutil.rmtree(broken / "retrieval" / "scann")
-    with pytest.raises(RunFormatError, match=r"missing \['retrieval/scann/saved_model.pb'\]"):
+    with pytest.raises(RunFormatError, match=r"missing \['retrieval/scann/saved_model.pb', "):
         load_run(broken)
+    # Every file the manifest lists is checked, e.g. a SavedModel's variables.
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial)
+    (partial / "retrieval" / "scann" / "variables" / "variables.index").unlink()
+    with pytest.raises(RunFormatError,
+                       match=r"missing \['retrieval/scann/variables/variables.index'\]"):
+        load_run(partial)
     future = tmp_path / "future"
     shutil.copytree(run_dir, future)
     manifest = json.loads((future / "manifest.json").read_text())

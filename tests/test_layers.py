@@ -30,6 +30,8 @@ def _round_trip(layer, *inputs):
 @pytest.mark.parametrize("make_layer, inputs", [
     (lambda: TransformerBlock(8, num_heads=2, causal=True), (tf.random.normal([2, 5, 8]),)),
     (lambda: SelfAttentionEncoder(10, dim=8, max_len=5, num_heads=2), (tf.constant(HISTORY),)),
+    (lambda: SelfAttentionEncoder(10, dim=8, max_len=5, num_heads=2, causal=True,
+                                  num_positions=3, oov_rate=0.1), (tf.constant(HISTORY),)),
     (lambda: SequenceExtraction("mean"), (tf.random.normal([2, 5, 8]),)),
     (lambda: _query_tower(max_len=5, extraction="mean"), (tf.constant(HISTORY),)),
     (lambda: ItemTower(10, (8, 4)), ({"item_id": tf.constant([2, 3, 9])},)),
@@ -85,3 +87,34 @@ def test_dot_scorer_by_hand():
                                [[1.0, 2.0]])
     with pytest.raises(ValueError, match="Unknown scorer 'cosine'"):
         get_scorer("cosine")
+
+
+@pytest.mark.parametrize("make_layer, inputs", [
+    (lambda: SelfAttentionEncoder(10, dim=8, max_len=5, num_heads=2, causal=True),
+     (tf.constant(HISTORY),)),
+    (lambda: _query_tower(max_len=5), ({"history": tf.constant(HISTORY)},)),
+    (lambda: ItemTower(10, (8, 4)), ({"item_id": tf.constant([2, 3, 9])},)),
+    (lambda: DotScorer(), (tf.random.normal([2, 4]), tf.random.normal([3, 4]))),
+])
+def test_runs_inside_a_saved_model(make_layer, inputs, tmp_path):
+    layer = make_layer()
+    expected = layer(*inputs)
+    module = tf.Module()
+    module.layer = layer
+    module.call = tf.function(lambda *args: layer(*args))
+    module.call.get_concrete_function(*inputs)
+    tf.saved_model.save(module, str(tmp_path / "model"))
+    loaded = tf.saved_model.load(str(tmp_path / "model"))
+    np.testing.assert_allclose(loaded.call(*inputs).numpy(), expected.numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_forward_positions_are_clamped_to_the_trained_table():
+    encoder = SelfAttentionEncoder(10, dim=4, max_len=6, num_heads=1, num_positions=3)
+    mask = tf.constant([[False, False, True, True, True, True], [True] * 6])
+    np.testing.assert_array_equal(encoder.positions(mask).numpy(),
+                                  [[0, 0, 0, 1, 2, 2], [0, 1, 2, 2, 2, 2]])
+    with pytest.raises(ValueError, match=r"num_positions must be in \[1, max_len=6\], got 7"):
+        SelfAttentionEncoder(10, max_len=6, num_positions=7)
+    with pytest.raises(ValueError, match=r"oov_rate must be in \[0, 1\), got 1.0"):
+        SelfAttentionEncoder(10, max_len=6, oov_rate=1.0)

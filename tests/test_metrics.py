@@ -7,9 +7,9 @@ import pytest
 
 from tfrec_proxy import metrics
 from tfrec_proxy._tf import tf
-from tfrec_proxy.metrics import (evaluate_embeddings, full_ranks, hit_rate, mrr, ndcg,
-                                 ranks_from_scores, sample_negatives, sampled_ranks,
-                                 summarize)
+from tfrec_proxy.metrics import (FIRST_ITEM, evaluate_embeddings, full_ranks, hit_rate, mrr,
+                                 ndcg, popularity_groups, ranks_from_scores, sample_negatives,
+                                 sampled_ranks, summarize)
 from tfrec_proxy.scoring import DotScorer
 
 # 1 / log2(3) and 1 / log2(7): the NDCG gains of ranks 1 and 5.
@@ -78,7 +78,7 @@ def test_sample_negatives_valid_and_deterministic():
 
 def test_sample_negatives_after_rejection_rounds_run_out(monkeypatch):
     # One round only: the rows with a repeat or an excluded draw go to the exact sampler.
-    monkeypatch.setattr(metrics, "_MAX_REJECTION_ROUNDS", 1)
+    monkeypatch.setattr(metrics.negatives, "_MAX_REJECTION_ROUNDS", 1)
     targets = np.full(200, 2)
     exclude = [np.array([3, 4, 5])] * 200
     negatives = sample_negatives(40, targets, exclude, num_negatives=10, seed=0)
@@ -111,9 +111,16 @@ def test_sample_negatives_100k_rows():
     num_items, rows = 50_000, 100_000
     targets = rng.integers(2, num_items, rows)
     exclude = [rng.integers(2, num_items, 10) for _ in range(rows)]
+    exclude[0] = np.append(exclude[0], targets[0])  # a target in its own history
     negatives = sample_negatives(num_items, targets, exclude)
     assert negatives.shape == (rows, 99)
     assert np.all(np.diff(negatives, axis=1) > 0)  # sorted, hence distinct
+    assert negatives.min() >= FIRST_ITEM and negatives.max() < num_items
+    assert not np.any(negatives == targets[:, None])
+    # No (row, negative) pair is a (row, excluded item) pair.
+    drawn = (np.arange(rows)[:, None] * num_items + negatives).ravel()
+    excluded = np.concatenate([row * num_items + items for row, items in enumerate(exclude)])
+    assert not np.isin(drawn, excluded).any()
 
 
 def test_sampled_ranks_by_hand():
@@ -126,6 +133,20 @@ def test_sampled_ranks_by_hand():
     multi = np.array([[[1, 0], [0, 1]]], np.float32)
     np.testing.assert_array_equal(
         sampled_ranks(None, multi, ITEMS, [2], np.array([[3, 5]])), [1])
+
+
+def test_sampled_ranks_ignore_padding():
+    # Row 0: target 2 (score 2) vs item 3 (1) -> 0. Row 1: only padding -> 0.
+    # Row 2: target 4 (score -1) vs items 2 (-1, a tie) and 5 (1) -> 2, padding ignored;
+    # the padding of row 1 would tie with (and so beat) the target if it were scored.
+    negatives = np.array([[3, -1, -1], [-1, -1, -1], [2, -1, 5]])
+    np.testing.assert_array_equal(
+        sampled_ranks(None, QUERIES, ITEMS, TARGETS, negatives, batch_size=2), [0, 0, 2])
+    with pytest.raises(ValueError, match=r"negatives\[1, 0\] = 1; expected a real item in "
+                                         r"\[2, 6\) or -1"):
+        sampled_ranks(None, QUERIES, ITEMS, TARGETS, np.array([[3], [1], [2]]))
+    with pytest.raises(ValueError, match=r"negatives\[0, 1\] = -2"):
+        sampled_ranks(None, QUERIES, ITEMS, TARGETS, np.array([[3, -2], [2, 2], [2, 2]]))
 
 
 def test_full_ranks_by_hand():
@@ -287,3 +308,70 @@ def test_integer_inputs_rank_like_floats():
     np.testing.assert_array_equal(
         full_ranks(None, queries, items, targets),
         full_ranks(None, queries.astype(np.float32), items, targets))
+
+
+def test_popularity_groups_by_hand():
+    # Real items 2..8 with counts 5, 9, 9, 1, 0, 7, 3; PAD and OOV counts are ignored.
+    counts = np.array([50, 50, 5, 9, 9, 1, 0, 7, 3])
+    # By descending count, ties to the lower index: 3, 4, 7, 2, 8, 5, 6.
+    groups = popularity_groups(counts, num_groups=3)  # 7 items: slices of 3, 2, 2
+    assert list(groups) == ["pop1", "pop2", "pop3"]
+    assert [np.flatnonzero(groups[f"pop{g}"]).tolist() for g in (1, 2, 3)] == [
+        [3, 4, 7], [2, 8], [5, 6]]
+    groups = popularity_groups(counts.astype(np.float32))  # 5 groups: 2, 2, 1, 1, 1
+    assert [np.flatnonzero(mask).tolist() for mask in groups.values()] == [
+        [3, 4], [2, 7], [8], [5], [6]]
+    assert all(mask.dtype == bool and mask.shape == (9,) for mask in groups.values())
+    # More groups than items: the last ones are empty.
+    groups = popularity_groups(np.array([0, 0, 1, 2]), num_groups=3)
+    assert [np.flatnonzero(mask).tolist() for mask in groups.values()] == [[3], [2], []]
+
+
+@pytest.mark.parametrize("counts, num_groups, message", [
+    (np.array([0, 0, 1, -1]), 2, r"counts\[3\] = -1; expected finite counts >= 0"),
+    (np.array([0, 0, np.nan]), 2, r"counts\[2\] = nan"),
+    (np.ones((2, 3)), 2, "1-D numeric"),
+    (np.array([0]), 1, "1-D numeric"),
+    (np.array([0, 0, 1]), 0, "num_groups must be a positive integer"),
+])
+def test_popularity_groups_errors(counts, num_groups, message):
+    with pytest.raises(ValueError, match=message):
+        popularity_groups(counts, num_groups)
+
+
+def test_evaluate_embeddings_item_groups_by_hand():
+    # Counts of items 2..5: 1, 5, 4, 0 -> ranked 3, 4, 2, 5: pop1 = {3, 4}, pop2 = {2, 5}.
+    groups = popularity_groups(np.array([0, 0, 1, 5, 4, 0]), num_groups=2)
+    # Ranks [1, 1, 3] (sampled = full with 3 negatives): pop1 holds rows 1 and 2 (targets
+    # 3 and 4), pop2 row 0 (target 2).
+    result = evaluate_embeddings(QUERIES, ITEMS, TARGETS, ks=(2,), num_negatives=3,
+                                 item_groups=groups,
+                                 head_items=np.array([False, False, True, True, False, False]))
+    for prefix in ("sampled", "full"):
+        assert result[f"{prefix}/pop1/count"] == 2
+        assert result[f"{prefix}/pop1/hr@2"] == 0.5
+        assert result[f"{prefix}/pop1/ndcg@2"] == pytest.approx(GAIN_1 / 2)
+        assert result[f"{prefix}/pop1/mrr"] == pytest.approx((1 / 2 + 1 / 4) / 2)
+        assert result[f"{prefix}/pop2/count"] == 1
+        assert result[f"{prefix}/pop2/hr@2"] == 1.0
+        assert result[f"{prefix}/pop2/mrr"] == 0.5
+        assert result[f"{prefix}/head/count"] == 2 and result[f"{prefix}/tail/count"] == 1
+    with pytest.raises(ValueError, match=r"item_groups\['tail'\] clashes"):
+        evaluate_embeddings(QUERIES, ITEMS, TARGETS, head_items=np.ones(6, bool),
+                            item_groups={"tail": np.ones(6, bool)})
+    with pytest.raises(ValueError, match=r"item_groups\['pop1'\] must be a bool array of "
+                                         r"shape \(6,\)"):
+        evaluate_embeddings(QUERIES, ITEMS, TARGETS, item_groups={"pop1": np.ones(5, bool)})
+
+
+def test_evaluate_embeddings_small_catalogue():
+    # 4 real items, 99 negatives asked: each row is ranked among its 3 other items (2
+    # when its history excludes one), as in the full ranking: sampled ranks [1, 1, 3].
+    with pytest.warns(UserWarning, match="3 of 3 rows .* fewest negatives of any row: 3"):
+        result = evaluate_embeddings(QUERIES, ITEMS, TARGETS, ks=(1,))
+    assert result["sampled/mrr"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 4) / 3)
+    assert result["sampled/mrr"] == result["full/mrr"]
+    exclude = [np.array([4]), np.array([2]), np.array([5])]  # ranks [0, 1, 2] as above
+    with pytest.warns(UserWarning, match="fewest negatives of any row: 2"):
+        result = evaluate_embeddings(QUERIES, ITEMS, TARGETS, ks=(1,), exclude=exclude)
+    assert result["sampled/mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)

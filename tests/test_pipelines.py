@@ -35,3 +35,21 @@ def test_bench_run_retrieval_smoke(trained_run):
          "--queries", "20", "--repeats", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "recall@10 of ScaNN against brute force over 20 test histories" in out.stdout
+
+
+def test_bench_exclusions_smoke():
+    out = subprocess.run(
+        [sys.executable, str(PIPELINES / "bench_exclusions.py"), "--users", "50", "--items",
+         "1000", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ratio per-row lists / shared sets" in out.stdout
+
+
+def test_bench_train_speed_smoke():
+    out = subprocess.run(
+        [sys.executable, str(PIPELINES / "bench_train_speed.py"), "--quick", "--tiny"],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ratio = out.stdout.strip().splitlines()[-1]
+    assert ratio.startswith("speed ratio vs plain TFRS: ")
+    assert float(ratio.rsplit(" ", 1)[1]) > 0

@@ -1,12 +1,18 @@
 """Sequences: grouping, chunking, leave-one-out, frequencies and tf.data batches."""
 
+import collections
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from tfrec_proxy.data.sequences import (Examples, head_item_mask, item_frequencies,
-                                        leave_one_out, make_dataset, sampling_probabilities,
-                                        split_long_sequences, user_sequences)
+from tfrec_proxy.data.sequences import (Examples, SequenceExamples, head_item_mask,
+                                        item_frequencies, leave_one_out, make_dataset,
+                                        make_sequence_dataset, sampling_probabilities,
+                                        sequences_per_batch, split_long_sequences,
+                                        user_sequences)
 from tfrec_proxy.data.vocab import Vocabulary
 
 
@@ -88,6 +94,15 @@ def test_leave_one_out_by_hand():
     _assert_equal(split.test.user, [10, 10, 20], np.int64)
 
     assert (len(split.train), len(split.validation), len(split.test)) == (2, 3, 3)
+    # User 10's last chunk is [6, 2, 7]; user 20 has one chunk.
+    _assert_equal(split.train.last_chunk, [False, False], bool)
+    _assert_equal(split.validation.last_chunk, [False, True, True], bool)
+    _assert_equal(split.test.last_chunk, [False, True, True], bool)
+    # Only [2, 3, 4, 5, 6] has training targets (t = 1, 2): items s[0:2] -> s[1:3].
+    _assert_equal(split.train_sequences.history, [[0, 2, 3]], np.int32)
+    _assert_equal(split.train_sequences.targets, [[0, 3, 4]], np.int32)
+    _assert_equal(split.train_sequences.user, [10], np.int64)
+    assert len(split.train_sequences) == 1 and split.train_sequences.num_targets == 2
     assert sorted(split.user_items) == [10, 20]
     _assert_equal(split.user_items[10], [2, 3, 4, 5, 6, 7], np.int32)
     _assert_equal(split.user_items[20], [7, 8, 9], np.int32)
@@ -99,6 +114,58 @@ def test_leave_one_out_left_pads_to_history_len():
     np.testing.assert_array_equal(split.test.history[0], [0] * 28 + [7, 8])
     np.testing.assert_array_equal(split.validation.history[0], [0] * 29 + [7])
     assert len(split.train) == 0 and split.train.history.shape == (0, 30)
+
+
+def test_train_sequences_of_a_chunk_longer_than_the_history():
+    # n = 8, L = 3: targets t = 1..5. The first row covers t = 1..3; t = 4 and t = 5 need
+    # full windows [3, 4, 5] and [4, 5, 6], one row each, target in the last column only.
+    split = leave_one_out(np.array([5]), [np.arange(2, 10)], history_len=3)
+    _assert_equal(split.train_sequences.history, [[2, 3, 4], [3, 4, 5], [4, 5, 6]], np.int32)
+    _assert_equal(split.train_sequences.targets, [[3, 4, 5], [0, 0, 6], [0, 0, 7]], np.int32)
+    _assert_equal(split.train_sequences.user, [5, 5, 5], np.int64)
+    assert split.train_sequences.num_targets == 5 == len(split.train)
+
+
+def _prefix_examples(sequences):
+    """Per-prefix (user, history, target) triples implied by `SequenceExamples`."""
+    width = sequences.history.shape[1]
+    triples = []
+    for row, column in zip(*np.nonzero(sequences.targets)):
+        items = sequences.history[row, :column + 1]
+        items = items[items != 0]
+        history = (0,) * (width - len(items)) + tuple(items.tolist())
+        triples.append((int(sequences.user[row]), history,
+                        int(sequences.targets[row, column])))
+    return triples
+
+
+@pytest.mark.parametrize("history_len", [1, 4, 7, 30])
+def test_train_sequences_hold_exactly_the_train_examples(history_len):
+    rng = np.random.default_rng(history_len)
+    lengths = [3, 4, 5, 9, 12, 3, 20, 6]
+    chunks = [rng.integers(1, 8, size=n).astype(np.int32) for n in lengths]  # repeats, OOV
+    owners = np.array([4, 4, 1, 9, 9, 9, 2, 4])
+    split = leave_one_out(owners, chunks, history_len=history_len)
+    expected = collections.Counter(
+        (int(user), tuple(history.tolist()), int(target))
+        for user, history, target in zip(split.train.user, split.train.history,
+                                         split.train.target))
+    assert sum(expected.values()) == sum(n - 3 for n in lengths) == 38
+    rebuilt = _prefix_examples(split.train_sequences)
+    assert collections.Counter(rebuilt) == expected and len(rebuilt) == 38
+    assert split.train_sequences.num_targets == 38
+    assert split.train_sequences.history.shape[1] == history_len
+    assert split.train_sequences.history.dtype == split.train_sequences.targets.dtype == np.int32
+    # Rows = chunks with n > 3, plus one per target beyond the history width.
+    assert len(split.train_sequences) == 6 + sum(max(n - 3 - history_len, 0) for n in lengths)
+
+
+def test_last_chunk_is_the_last_listed_for_each_user():
+    chunks = [np.array([2, 3, 4]), np.array([5, 6, 7]), np.array([8, 9, 2]),
+              np.array([3, 4, 5])]
+    split = leave_one_out(np.array([10, 20, 10, 30]), chunks, history_len=2)
+    _assert_equal(split.test.user, [10, 20, 10, 30], np.int64)
+    _assert_equal(split.test.last_chunk, [False, True, True, True], bool)
 
 
 def test_leave_one_out_rejects_short_chunks():
@@ -116,6 +183,35 @@ def test_examples_check_shapes():
     with pytest.raises(ValueError, match=r"user \[N\] with N=2, got shape \(3,\)"):
         Examples(history=np.zeros((2, 3), np.int32), target=np.zeros(2, np.int32),
                  user=np.zeros(3, np.int64))
+
+
+def test_examples_last_chunk_default_check_and_select():
+    examples = Examples(history=np.arange(6, dtype=np.int32).reshape(3, 2),
+                        target=np.array([7, 8, 9], np.int32), user=np.array([1, 2, 3]))
+    _assert_equal(examples.last_chunk, [True, True, True], bool)
+    flagged = Examples(examples.history, examples.target, examples.user,
+                       last_chunk=np.array([True, False, True]))
+    subset = flagged.select(flagged.last_chunk)
+    _assert_equal(subset.history, [[0, 1], [4, 5]], np.int32)
+    _assert_equal(subset.target, [7, 9], np.int32)
+    _assert_equal(subset.user, [1, 3], np.int64)
+    _assert_equal(subset.last_chunk, [True, True], bool)
+    with pytest.raises(ValueError, match=r"last_chunk bool \[N\] with N=3, got shape \(2,\)"):
+        Examples(examples.history, examples.target, examples.user,
+                 last_chunk=np.array([True, False]))
+    with pytest.raises(ValueError, match="got shape \\(3,\\) and dtype int64"):
+        Examples(examples.history, examples.target, examples.user,
+                 last_chunk=np.array([1, 0, 1]))
+
+
+def test_sequence_examples_check_shapes():
+    with pytest.raises(ValueError, match=r"history and targets of one shape \[S, L\], got "
+                                         r"\(2, 3\) and \(2, 2\)"):
+        SequenceExamples(history=np.zeros((2, 3), np.int32), targets=np.zeros((2, 2), np.int32),
+                         user=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match=r"user \[S\] with S=2, got shape \(1,\)"):
+        SequenceExamples(history=np.zeros((2, 3), np.int32), targets=np.zeros((2, 3), np.int32),
+                         user=np.zeros(1, np.int64))
 
 
 def test_frequencies_and_probabilities_by_hand():
@@ -193,3 +289,66 @@ def test_user_item_sets_by_hand():
     assert sorted(sets) == [3, 7]
     _assert_equal(sets[7], [2, 5, 9], np.int32)
     _assert_equal(sets[3], [4], np.int32)
+
+
+def _sequences():
+    # Targets per row: 2, 3, 1 (mean 2).
+    return SequenceExamples(
+        history=np.array([[0, 2, 3], [4, 5, 6], [0, 0, 7]], np.int32),
+        targets=np.array([[0, 3, 4], [5, 6, 8], [0, 0, 9]], np.int32),
+        user=np.array([1, 2, 3], np.int64))
+
+
+def test_make_sequence_dataset_batches_whole_sequences():
+    from tfrec_proxy._tf import tf
+
+    dataset = make_sequence_dataset(_sequences(), batch_size=2)
+    assert dataset.element_spec == {
+        "history": tf.TensorSpec(shape=(None, 3), dtype=tf.int32),
+        "targets": tf.TensorSpec(shape=(None, 3), dtype=tf.int32)}
+    batches = list(dataset.as_numpy_iterator())
+    assert [len(batch["history"]) for batch in batches] == [2, 1]
+    np.testing.assert_array_equal(batches[0]["targets"], [[0, 3, 4], [5, 6, 8]])
+    np.testing.assert_array_equal(batches[1]["history"], [[0, 0, 7]])
+    dropped = make_sequence_dataset(_sequences(), batch_size=2, drop_remainder=True)
+    assert dropped.element_spec["targets"].shape == (2, 3) and len(list(dropped)) == 1
+    shuffled = make_sequence_dataset(_sequences(), batch_size=3, shuffle=True, seed=1)
+    rows = next(iter(shuffled))
+    # Rows move whole: each history row keeps its own targets row.
+    pairs = sorted(zip(map(tuple, rows["history"].numpy().tolist()),
+                       map(tuple, rows["targets"].numpy().tolist())))
+    assert pairs == [((0, 0, 7), (0, 0, 9)), ((0, 2, 3), (0, 3, 4)), ((4, 5, 6), (5, 6, 8))]
+
+
+def test_make_sequence_dataset_rejects_bad_input():
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        make_sequence_dataset(_sequences(), batch_size=0)
+    empty = SequenceExamples(np.zeros((0, 3), np.int32), np.zeros((0, 3), np.int32),
+                             np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="sequences is empty"):
+        make_sequence_dataset(empty, batch_size=4)
+
+
+@pytest.mark.parametrize("target_batch, expected", [
+    (64, 32), (7, 4), (5, 2), (3, 2), (2, 1), (1, 1)])  # 5 / 2 = 2.5 -> 2 (round half even)
+def test_sequences_per_batch_by_hand(target_batch, expected):
+    assert sequences_per_batch(_sequences(), target_batch) == expected
+
+
+def test_sequences_per_batch_rejects_bad_input():
+    with pytest.raises(ValueError, match="target_batch must be a positive integer, got 0"):
+        sequences_per_batch(_sequences(), 0)
+    no_targets = SequenceExamples(np.ones((2, 3), np.int32), np.zeros((2, 3), np.int32),
+                                  np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match=r"sequences has no training target \(2 sequences\)"):
+        sequences_per_batch(no_targets, 10)
+
+
+def test_data_package_imports_without_tensorflow():
+    code = ("import sys, tfrec_proxy.data, tfrec_proxy.data.sequences; "
+            "import tfrec_proxy.data.datasets; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'tf_keras', 'keras')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"

@@ -71,3 +71,22 @@ def test_round_trip_config():
     clone = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
     assert isinstance(clone, BatchSoftmax)
     assert clone.get_config() == layer.get_config()
+
+
+def test_logq_correction_is_not_clipped_for_rare_items():
+    """TFRS clips p at 1e-6, which flattens the correction of items rarer than that
+    (any tail item once a catalogue has > 1M training targets); ours does not."""
+    scores = np.array([[1.0, 0.5, 0.2], [0.3, 1.2, 0.1], [0.0, 0.4, 0.9]], np.float32)
+    ids = np.array([2, 3, 4])
+    probability = np.array([1e-3, 1e-8, 1e-9], np.float32)
+    ours = BatchSoftmax()(tf.constant(scores), candidate_ids=tf.constant(ids),
+                          candidate_sampling_probability=tf.constant(probability))
+    np.testing.assert_allclose(ours.numpy(),
+                               _numpy_loss(scores, ids, probability, np.ones(3)), rtol=1e-5)
+    clipped = tfrs.tasks.Retrieval()(
+        tf.eye(3), tf.constant(scores).numpy().T @ np.eye(3, dtype=np.float32),
+        candidate_sampling_probability=tf.constant(probability),
+        candidate_ids=tf.constant(ids), compute_metrics=False, compute_batch_metrics=False)
+    flattened = _numpy_loss(scores, ids, np.maximum(probability, 1e-6), np.ones(3))
+    np.testing.assert_allclose(clipped.numpy(), flattened, rtol=1e-5)
+    assert abs(ours.numpy() - clipped.numpy()) > 1.0

@@ -83,3 +83,51 @@ def test_gpu_ready_options_train_on_cpu(options, tmp_path):
     assert np.isfinite(result.history["loss"][0])
     assert result.metrics["sampled/count"] == len(result.data.split.test)
     assert tf.keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_evaluate_run_keeps_oov_history_items_oov(trained_run):
+    """An OOV index in a history must reach the SavedModel as an unknown id (-> OOV),
+    not as padding: queries through the run equal the in-memory model's."""
+    from tfrec_proxy.evaluation import unknown_raw_id
+    from tfrec_proxy.serving import load_run
+
+    result, run_dir = trained_run
+    run = load_run(run_dir)
+    history = result.data.split.test.history[:4].copy()
+    history[:, -3] = 1  # OOV index inside each history
+    raw_of_index = np.concatenate([[-1, unknown_raw_id(run.vocab.ids)], result.data.vocab.ids])
+    np.testing.assert_allclose(run.embed_padded(raw_of_index[history]),
+                               result.model.query_embeddings(history), atol=1e-5)
+    assert unknown_raw_id(np.array([0, 1, 3])) == 2 and unknown_raw_id(np.array([5])) == 0
+
+
+def test_last_chunk_evaluation_and_early_stopping(trained_run):
+    from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
+
+    result, _ = trained_run
+    data = result.data
+    last = data.examples("test", chunks="last")
+    assert 0 < len(last) and last.last_chunk.all()
+    metrics = evaluate_model(result.model, data, "test", full=False, chunks="last")
+    assert metrics["sampled/count"] == len(last)
+    callback = SampledRankingCallback(data, "validation", chunks="last")
+    assert len(callback.examples) == len(data.examples("validation", chunks="last"))
+    with pytest.raises(ValueError, match="Unknown eval_chunks 'first'"):
+        train(tiny_config(eval_chunks="first"), export=False)
+
+
+def test_training_changes_with_the_seed_but_not_the_data():
+    """The training seed and the data seed are separate settings."""
+    first = train(tiny_config(epochs=1, seed=1), export=False, verbose=0)
+    second = train(tiny_config(epochs=1, seed=2), export=False, verbose=0)
+    np.testing.assert_array_equal(first.data.split.train.target, second.data.split.train.target)
+    assert first.history["loss"] != second.history["loss"]
+
+
+def test_small_catalogue_trains_with_fewer_negatives():
+    config = tiny_config(epochs=1)
+    config.data.synthetic.num_items = 30
+    config.data.synthetic.num_clusters = 3
+    with pytest.warns(UserWarning, match="fewer than num_negatives=99 eligible negative items"):
+        result = train(config, export=False, verbose=0)
+    assert np.isfinite(result.metrics["sampled/hr@20"])

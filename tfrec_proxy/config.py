@@ -39,10 +39,19 @@ class DataConfig:
     """Where interactions come from and how sequences are built.
 
     Attributes:
-        source: `"synthetic"` (the embedded generator) or `"file"` (MovieLens
-            `ratings.dat` or SASRec `user item` text, read from `path`).
+        source: `"synthetic"` (the embedded generator), `"file"` (read from `path`)
+            or `"dataframe"` (a pandas frame handed to `prepare_data`/`train` in
+            Python; it cannot be re-read from the config alone).
         path: A file or folder for `source="file"`.
-        synthetic: Generator parameters for `source="synthetic"`.
+        file_format: `"auto"` (by extension and content), `"movielens"`
+            (`ratings.dat`), `"sasrec"` (`user item` text), `"csv"`, `"tsv"` or
+            `"parquet"` (a table with named columns, below).
+        user_column: User id column of a table or data frame.
+        item_column: Item id column of a table or data frame.
+        time_column: Timestamp column of a table or data frame; None uses the row
+            order as time order.
+        synthetic: Generator parameters for `source="synthetic"` (its `seed` is the
+            data seed, separate from the training seed).
         max_len: Sequences longer than this are split into several (IDW §4.1); also
             the history length fed to the query tower.
         min_len: Chunks shorter than this are dropped; at least 3 (the validation
@@ -52,6 +61,10 @@ class DataConfig:
 
     source: str = "synthetic"
     path: Optional[str] = None
+    file_format: str = "auto"
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    time_column: Optional[str] = "timestamp"
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
     max_len: int = 30
     min_len: int = 3
@@ -62,6 +75,10 @@ class ModelConfig:
     """Two-tower model; defaults are the IDW paper's §4.4 sizes.
 
     Attributes:
+        kind: Registered model kind (`tfrec_proxy.registry.MODEL_KINDS`); the
+            baseline is `"two_tower"`. A kind's own settings go in `options`.
+        options: The kind's own settings, checked against the dataclass it
+            registered (unknown keys are errors).
         embedding_dim: Output size of both towers (d).
         num_layers: Self-attention blocks in the query tower.
         num_heads: Attention heads per block.
@@ -70,12 +87,22 @@ class ModelConfig:
             must equal `embedding_dim`.
         extraction: How the sequence encoder's outputs become one user vector:
             `"last"` (most recent position) or `"mean"` (masked mean).
-        scorer: Affinity between query and candidate vectors (`"dot"`).
+        scorer: Registered scorer (`tfrec_proxy.registry.SCORERS`): the affinity
+            between query and candidate vectors (`"dot"`).
+        scorer_options: The scorer's own settings, checked like `options`.
+        all_positions: Train on every position of each sequence in one causal
+            forward pass (loss at each position, targets = the per-prefix
+            examples); needs a causal encoder and `extraction="last"`. False
+            encodes every prefix separately (non-causal encoder).
+        history_oov_rate: Share of training history items replaced by the OOV
+            index, so the OOV embedding that serves unknown ids is trained.
         logq_correction: Subtract log p(item) from in-batch logits.
         remove_accidental_hits: Mask in-batch negatives equal to the positive.
         temperature: Optional logit temperature.
     """
 
+    kind: str = "two_tower"
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     embedding_dim: int = 16
     num_layers: int = 2
     num_heads: int = 4
@@ -83,6 +110,9 @@ class ModelConfig:
     item_hidden_units: Tuple[int, ...] = (16, 16)
     extraction: str = "last"
     scorer: str = "dot"
+    scorer_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    all_positions: bool = True
+    history_oov_rate: float = 0.01
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     temperature: Optional[float] = None
@@ -94,13 +124,21 @@ class TrainConfig:
 
     Attributes:
         epochs: Maximum epochs (early stopping may end sooner).
-        batch_size: Examples per replica per step (global batch = this x replicas).
+        batch_size: Training targets per replica per step (global = this x
+            replicas). With `ModelConfig.all_positions`, whole sequences are batched,
+            as many as hold about this many targets.
         learning_rate: Adam learning rate (IDW §4.4: 0.01).
         early_stopping_patience: Epochs without improvement of `monitor` before
             stopping; 0 disables early stopping.
         monitor: Validation metric to watch (`val_hr@20`, `val_ndcg@20`, `val_loss`).
         eval_ks: Cut-offs for HR@k / NDCG@k.
-        seed: Seed for TensorFlow, shuffling and negative sampling.
+        num_negatives: Sampled negatives per evaluation example (IDW: 99); a user
+            with fewer eligible items gets fewer, with a warning.
+        eval_chunks: `"all"` evaluates every chunk's held-out items (IDW §4.1);
+            `"last"` only each user's last chunk, whose held-out items no training
+            target follows. Applies to validation (early stopping) and test.
+        seed: Training seed (TensorFlow, shuffling, negative sampling); the
+            synthetic data has its own seed (`SyntheticConfig.seed`).
         strategy: `"default"`, `"mirrored"` or `"multi_worker"` (tf.distribute).
         mixed_precision: Use the `mixed_float16` Keras policy (GPU).
         jit_compile: XLA-compile the train step.
@@ -113,6 +151,8 @@ class TrainConfig:
     early_stopping_patience: int = 3
     monitor: str = "val_ndcg@20"
     eval_ks: Tuple[int, ...] = (5, 20)
+    num_negatives: int = 99
+    eval_chunks: str = "all"
     seed: int = 0
     strategy: str = "default"
     mixed_precision: bool = False
@@ -168,6 +208,20 @@ class RunConfig:
         return cls.from_dict(values)
 
 
+def parse_dataclass(cls: Type[T], values: Any, where: str) -> T:
+    """Builds dataclass `cls` from a JSON-style dict, checking keys and types.
+
+    Args:
+        cls: The dataclass.
+        values: A dict, possibly partial (defaults fill the rest).
+        where: Config path for messages, e.g. `"config.model.options"`.
+
+    Raises:
+        ValueError: not a dict, unknown keys, or a value of the wrong type.
+    """
+    return _from_dict(cls, values, where)
+
+
 def _from_dict(cls: Type[T], values: Any, where: str) -> T:
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a JSON object, got {values!r}.")
@@ -189,6 +243,12 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
         if value is None:
             return None
         return _typed(value, next(a for a in args if a is not type(None)), where)
+    if origin is dict:  # Dict[str, Any]: free-form options, checked by their owner
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise ValueError(f"{where}: expected an object with string keys, got {value!r}.")
+        return dict(value)
+    if hint is Any:
+        return value
     if origin is tuple:  # Tuple[X, ...]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}.")

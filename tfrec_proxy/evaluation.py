@@ -1,12 +1,14 @@
 """Evaluation of a model or an exported run on a leave-one-out split.
 
-IDW §4.2 protocol: HR@k/NDCG@k of the ground-truth item ranked against 99 sampled
-items the user never interacted with, plus the same metrics over the full catalogue
-(computed in candidate chunks), each split into head (20% most frequent) and tail
-targets.
+IDW §4.2 protocol: HR@k/NDCG@k of the ground-truth item ranked against sampled items
+the user never interacted with (99 by default), plus the same metrics over the full
+catalogue (computed in candidate chunks), each split into head (20% most frequent)
+and tail targets and into five popularity groups (`pop1` most popular .. `pop5`).
+
+This module does not import the serving code: an exported run is evaluated through
+whatever object `evaluate_run` is given (a `tfrec_proxy.serving.Run`).
 """
 
-import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -14,58 +16,87 @@ import numpy as np
 from tfrec_proxy._tf import tf
 from tfrec_proxy.data.prepare import PreparedData
 from tfrec_proxy.data.sequences import Examples
-from tfrec_proxy.export import PAD_ID, Run
-from tfrec_proxy.metrics import evaluate_embeddings, sample_negatives, sampled_ranks, summarize
-from tfrec_proxy.scoring import get_scorer
+from tfrec_proxy.metrics import (Exclusions, evaluate_embeddings, popularity_groups,
+                                 sample_negatives, sampled_ranks, summarize)
+from tfrec_proxy.run_format import PAD_ID
+
+
+def exclusions(data: PreparedData, examples: Examples) -> Exclusions:
+    """Each example's user's items (one set per user, shared by its rows)."""
+    return Exclusions.from_user_sets(data.split.user_items, examples.user)
 
 
 def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test",
                    ks: Sequence[int] = (5, 20), num_negatives: int = 99, seed: int = 0,
-                   full: bool = True, chunk_size: int = 65536) -> Dict[str, float]:
+                   full: bool = True, chunk_size: int = 65536,
+                   chunks: str = "all") -> Dict[str, float]:
     """Sampled and full-ranking metrics of an in-memory `RetrievalModel`.
+
+    Args:
+        model: The model.
+        data: Prepared data.
+        split: `"validation"` or `"test"`.
+        ks: Cut-offs.
+        num_negatives: Sampled negatives per example.
+        seed: Negative-sampling seed.
+        full: Also rank against the whole catalogue.
+        chunk_size: Candidates per tile in the full ranking.
+        chunks: `"all"` chunks' held-out items, or each user's `"last"` chunk only.
 
     Returns:
         Flat dict, e.g. `{"sampled/hr@20": ..., "full/tail/ndcg@20": ...}`.
     """
-    examples = data.examples(split)
+    examples = data.examples(split, chunks=chunks)
     return _evaluate(data, examples, model.query_embeddings(examples.history),
                      model.item_embeddings(data.vocab.size), model.scorer, ks=ks,
                      num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
 
 
-def evaluate_run(run: Run, data: PreparedData, split: str = "test", ks: Sequence[int] = (5, 20),
-                 num_negatives: int = 99, seed: int = 0, full: bool = True,
-                 chunk_size: int = 65536) -> Dict[str, float]:
-    """The same metrics computed through an exported run's SavedModel and candidates.
+def unknown_raw_id(ids: np.ndarray) -> int:
+    """A non-negative raw id that is not in `ids` (so a SavedModel maps it to OOV)."""
+    candidates = np.arange(len(ids) + 1, dtype=np.int64)
+    return int(np.setdiff1d(candidates, ids, assume_unique=False)[0])
+
+
+def evaluate_run(run: Any, data: PreparedData, split: str = "test",
+                 ks: Sequence[int] = (5, 20), num_negatives: int = 99, seed: int = 0,
+                 full: bool = True, chunk_size: int = 65536,
+                 chunks: str = "all") -> Dict[str, float]:
+    """The same metrics computed through an exported run's SavedModels and candidates.
 
     Args:
-        run: A loaded `tfrec_proxy.export.Run`.
-        data: Prepared data; its items are looked up in the run's vocabulary.
+        run: A loaded `tfrec_proxy.serving.Run`; its exported scorer is used.
+        data: Prepared data; its items are looked up in the run's vocabulary (items
+            unknown to the run are OOV in histories and score 0 as targets).
+        split, ks, num_negatives, seed, full, chunk_size, chunks: As in
+            `evaluate_model`.
     """
-    examples = data.examples(split)
+    examples = data.examples(split, chunks=chunks)
     _, unknown = run.vocab.lookup_with_unknown(data.vocab.ids)
     if unknown:
+        import warnings
         warnings.warn(f"{unknown} of {len(data.vocab.ids)} items of the evaluation data are "
                       "not in the run's vocabulary; as history items they map to the OOV "
                       "bucket, as targets they score 0.", stacklevel=2)
-    # Index histories back to raw ids (padding -> -1) for the SavedModel.
-    raw = np.where(examples.history >= 2, data.vocab.ids[np.maximum(examples.history - 2, 0)],
-                   PAD_ID)
+    # Index histories back to raw ids for the SavedModel: padding -> -1, and the OOV
+    # index -> an id the run does not know, so it stays OOV (not padding).
+    raw_of_index = np.concatenate([[PAD_ID, unknown_raw_id(run.vocab.ids)], data.vocab.ids])
+    raw = raw_of_index[examples.history]
     items = np.zeros((data.vocab.size, run.candidate_embeddings.shape[1]), np.float32)
     known = data.vocab.lookup(run.candidate_ids)
     items[known[known >= 2]] = run.candidate_embeddings[known >= 2]
-    return _evaluate(data, examples, run.embed_padded(raw), items,
-                     get_scorer(run.config.model.scorer), ks=ks, num_negatives=num_negatives,
-                     seed=seed, full=full, chunk_size=chunk_size)
+    return _evaluate(data, examples, run.embed_padded(raw), items, run.scorer, ks=ks,
+                     num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
 
 
 def _evaluate(data: PreparedData, examples: Examples, queries: np.ndarray, items: np.ndarray,
-              scorer: tf.keras.layers.Layer, **options: Any) -> Dict[str, float]:
-    """The shared tail of `evaluate_model`/`evaluate_run`: exclusions, head items."""
+              scorer: Any, **options: Any) -> Dict[str, float]:
+    """The shared tail of `evaluate_model`/`evaluate_run`: exclusions, item groups."""
     options["ks"] = tuple(options["ks"])
     return evaluate_embeddings(queries, items, examples.target, scorer=scorer,
-                               head_items=data.head_items, exclude=data.seen_items(examples),
-                               **options)
+                               head_items=data.head_items,
+                               item_groups=popularity_groups(data.item_counts),
+                               exclude=exclusions(data, examples), **options)
 
 
 class SampledRankingCallback(tf.keras.callbacks.Callback):
@@ -79,19 +110,23 @@ class SampledRankingCallback(tf.keras.callbacks.Callback):
         data: Prepared data.
         split: Examples to evaluate (`"validation"`).
         ks: Cut-offs.
-        num_negatives: Sampled negatives per example (IDW: 99).
+        num_negatives: Sampled negatives per example (IDW: 99; fewer for users with
+            fewer eligible items).
         seed: Negative-sampling seed.
+        chunks: `"all"` or `"last"` (each user's last chunk only).
     """
 
     def __init__(self, data: PreparedData, split: str = "validation",
-                 ks: Sequence[int] = (5, 20), num_negatives: int = 99, seed: int = 0) -> None:
+                 ks: Sequence[int] = (5, 20), num_negatives: int = 99, seed: int = 0,
+                 chunks: str = "all") -> None:
         super().__init__()
-        self.examples = data.examples(split)
+        self.examples = data.examples(split, chunks=chunks)
         self.vocab_size = data.vocab.size
         self.ks = tuple(ks)
         self.negatives = sample_negatives(self.vocab_size, self.examples.target,
-                                          data.seen_items(self.examples),
-                                          num_negatives=num_negatives, seed=seed)
+                                          exclusions(data, self.examples),
+                                          num_negatives=num_negatives, seed=seed,
+                                          allow_fewer=True)
 
     def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
         if logs is None:

@@ -1,10 +1,20 @@
-"""The two-tower retrieval model: towers + scorer + batch-softmax task.
+"""The two-tower retrieval model (towers + scorer + batch-softmax task) and model kinds.
 
-Nothing paper-specific lives here: papers swap the query tower (multi-interest,
-RAM, ProxySR), the candidate tower (PIR, FELRec), the scorer or the per-example
-weights, and keep this training step.
+Nothing paper-specific lives in `RetrievalModel`: papers swap the query tower
+(multi-interest, RAM, ProxySR), the candidate tower (PIR, FELRec), the scorer or the
+per-item loss weights, and keep this training step. A model kind is a builder
+registered in `tfrec_proxy.registry.MODEL_KINDS` with its options dataclass;
+`build_model` and `restore_model` dispatch on `ModelConfig.kind`.
+
+Two batch layouts are trained:
+
+* per-prefix: `{"history": [B, L], "target": [B]}`, one example per prefix;
+* all positions: `{"history": [B, L], "targets": [B, L]}`, whole sequences encoded
+  once by a causal query tower, the loss taken at every position whose target is not
+  0; the in-batch negatives are all targets of the batch.
 """
 
+import dataclasses
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
@@ -13,35 +23,64 @@ from tfrec_proxy._tf import tf, tfrs
 from tfrec_proxy.config import ModelConfig
 from tfrec_proxy.layers.encoders import SelfAttentionEncoder
 from tfrec_proxy.layers.extraction import SequenceExtraction
-from tfrec_proxy.layers.towers import ITEM_ID, ItemTower, QueryTower
-from tfrec_proxy.scoring import get_scorer
+from tfrec_proxy.layers.towers import HISTORY, ITEM_ID, ItemTower, QueryTower
+from tfrec_proxy.registry import MODEL_KINDS
+from tfrec_proxy.scoring import Scorer, build_scorer
 from tfrec_proxy.tasks import BatchSoftmax
 
-HISTORY = "history"
 TARGET = "target"
+TARGETS = "targets"
 SAMPLE_WEIGHT = "sample_weight"
+# Inputs a model reads besides the query features.
+_NON_QUERY_KEYS = (TARGET, TARGETS, SAMPLE_WEIGHT)
+
+
+@dataclasses.dataclass
+class BuildContext:
+    """What a model kind's builder needs besides its config; all of it recoverable
+    from a run folder (vocabulary and config), so `restore_model` needs no data.
+
+    Attributes:
+        vocab_size: Item vocabulary size V (padding and OOV included).
+        max_len: History length L.
+        sampling_probability: `[V]` in-batch sampling probabilities (logQ), or None
+            when restoring (the checkpoint holds the trained table).
+    """
+
+    vocab_size: int
+    max_len: int
+    sampling_probability: Optional[np.ndarray] = None
 
 
 class RetrievalModel(tfrs.Model):
     """Two-tower retrieval model trained with in-batch softmax.
 
-    Batches are dicts with `"history"` (`[B, L]` int item indices, left-padded),
-    `"target"` (`[B]` int item index of the next item) and optionally
-    `"sample_weight"` (`[B]` float).
-
     Args:
-        query_tower: Layer mapping `[B, L]` histories to `[B, d]` or `[B, M, d]`.
+        query_tower: Layer mapping a query feature dict (`"history"` `[B, L]` int
+            item indices, left-padded, plus any context) to `[B, d]` or `[B, M, d]`.
         candidate_tower: Layer mapping a candidate feature dict to `[B, d]`.
         task: `BatchSoftmax` loss over the score matrix.
-        scorer: Affinity layer with `score_matrix`/`score_candidates`.
+        scorer: A `tfrec_proxy.scoring.Scorer`.
+        vocab_size: V, the size of the per-item tables.
         sampling_probability: `[V]` probability of each item index appearing as an
-            in-batch candidate (training target frequency), for logQ correction;
-            None disables the correction.
+            in-batch candidate, for logQ correction; None disables the correction.
+
+    Per-item loss weights (`item_loss_weights`, `[V]`, ones by default) multiply each
+    example's loss by the weight of its target item (density weighting, frequency
+    balance); like the sampling probabilities they are a non-trainable variable, so
+    they are checkpointed with the model.
+
+    Example:
+
+        model = build_model(ModelConfig(), vocab_size=1002, max_len=30,
+                            sampling_probability=probabilities)
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+        model.fit(make_sequence_dataset(split.train_sequences, 64), epochs=5)
     """
 
     def __init__(self, query_tower: tf.keras.layers.Layer,
                  candidate_tower: tf.keras.layers.Layer, task: BatchSoftmax,
-                 scorer: tf.keras.layers.Layer,
+                 scorer: Scorer, vocab_size: int,
                  sampling_probability: Optional[np.ndarray] = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -49,31 +88,65 @@ class RetrievalModel(tfrs.Model):
         self.candidate_tower = candidate_tower
         self.task = task
         self.scorer = scorer
+        self.vocab_size = vocab_size
         self.sampling_probability = None
         if sampling_probability is not None:
-            # A non-trainable variable so the table is checkpointed with the model.
+            if len(sampling_probability) != vocab_size:
+                raise ValueError(f"sampling_probability has {len(sampling_probability)} "
+                                 f"entries; expected vocab_size={vocab_size}.")
             self.sampling_probability = tf.Variable(
                 np.asarray(sampling_probability, np.float32), trainable=False,
                 name="sampling_probability")
+        self.item_loss_weights = tf.Variable(tf.ones([vocab_size], tf.float32),
+                                             trainable=False, name="item_loss_weights")
 
     @staticmethod
     def candidate_features(item_ids: tf.Tensor) -> Dict[str, tf.Tensor]:
         """The candidate tower's feature dict for `[B]` item indices."""
         return {ITEM_ID: item_ids}
 
+    @staticmethod
+    def query_features(features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """The query tower's inputs from a batch: everything but the targets/weights."""
+        return {name: value for name, value in features.items()
+                if name not in _NON_QUERY_KEYS}
+
+    def set_item_loss_weights(self, weights: np.ndarray) -> None:
+        """Sets the `[V]` per-item loss weights (finite, >= 0)."""
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != (self.vocab_size,):
+            raise ValueError(f"item loss weights must have shape ({self.vocab_size},), "
+                             f"got {weights.shape}.")
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError("item loss weights must be finite and >= 0.")
+        self.item_loss_weights.assign(weights)
+
     def compute_loss(self, features: Mapping[str, tf.Tensor],
                      training: bool = False) -> tf.Tensor:
-        """Batch-softmax loss of one batch (see `BatchSoftmax`)."""
-        target = features[TARGET]
-        queries = self.query_tower(features[HISTORY], training=training)
+        """Batch-softmax loss of one batch, per-prefix or all-positions layout."""
+        query_features = self.query_features(features)
+        if TARGETS in features:
+            targets = features[TARGETS]
+            positions = self.query_tower.encode_positions(query_features, training=training)
+            has_target = tf.not_equal(targets, 0)
+            queries = tf.boolean_mask(positions, has_target)  # [N, d]
+            target = tf.boolean_mask(targets, has_target)  # [N]
+            sample_weight = None
+        else:
+            target = features[TARGET]
+            queries = self.query_tower(query_features, training=training)
+            sample_weight = features.get(SAMPLE_WEIGHT)
         candidates = self.candidate_tower(self.candidate_features(target), training=training)
         scores = self.scorer.score_matrix(queries, candidates)
         probability = None
         if self.sampling_probability is not None:
             probability = tf.gather(self.sampling_probability, target)
+        weights = tf.gather(self.item_loss_weights, target)
+        if sample_weight is not None:
+            weights = weights * tf.cast(sample_weight, tf.float32)
         return self.task(scores, candidate_ids=target,
                          candidate_sampling_probability=probability,
-                         sample_weight=features.get(SAMPLE_WEIGHT))
+                         sample_weight=weights)
 
     def train_step(self, features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         # TFRS's train_step applies raw gradients; `optimizer.minimize` with the tape
@@ -89,17 +162,19 @@ class RetrievalModel(tfrs.Model):
                        total_loss=total_loss)
         return metrics
 
-    def item_embeddings(self, vocab_size: int, batch_size: int = 8192) -> np.ndarray:
+    def item_embeddings(self, vocab_size: Optional[int] = None,
+                        batch_size: int = 8192) -> np.ndarray:
         """Candidate-tower outputs for every item index.
 
         Args:
-            vocab_size: V; rows 0 (padding) and 1 (OOV) are included so row i is
-                item index i.
+            vocab_size: V (default the model's); rows 0 (padding) and 1 (OOV) are
+                included so row i is item index i.
             batch_size: Items per forward pass.
 
         Returns:
             `[V, d]` float32 array.
         """
+        vocab_size = self.vocab_size if vocab_size is None else vocab_size
         outputs = []
         for start in range(0, vocab_size, batch_size):
             ids = tf.range(start, min(start + batch_size, vocab_size), dtype=tf.int32)
@@ -107,18 +182,84 @@ class RetrievalModel(tfrs.Model):
                                                 training=False).numpy())
         return np.concatenate(outputs, axis=0)
 
-    def query_embeddings(self, histories: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """Query-tower outputs for `[N, L]` left-padded histories -> `[N, (M,) d]`."""
+    def query_embeddings(self, histories: np.ndarray, batch_size: int = 4096,
+                         context: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
+        """Query-tower outputs for `[N, L]` left-padded histories -> `[N, (M,) d]`.
+
+        Args:
+            histories: `[N, L]` int item indices.
+            batch_size: Histories per forward pass.
+            context: Optional `[N, ...]` context features, by name.
+        """
         outputs = []
         for start in range(0, len(histories), batch_size):
-            outputs.append(self.query_tower(
-                tf.constant(histories[start:start + batch_size]), training=False).numpy())
+            stop = start + batch_size
+            features = {HISTORY: tf.constant(histories[start:stop])}
+            for name, values in (context or {}).items():
+                features[name] = tf.constant(values[start:stop])
+            outputs.append(self.query_tower(features, training=False).numpy())
         return np.concatenate(outputs, axis=0)
+
+
+@MODEL_KINDS.register("two_tower")
+def build_two_tower(config: ModelConfig, options: None,
+                    context: BuildContext) -> RetrievalModel:
+    """The baseline: self-attention user tower (causal when `all_positions`) and an
+    id + MLP item tower (IDW §4.4 sizes by default)."""
+    # Training histories hold at most max_len - 3 items (leave-one-out holds out the
+    # last two of a chunk of at most max_len), so only that many positions are trained.
+    trained_positions = max(1, context.max_len - 3)
+    encoder = SelfAttentionEncoder(
+        context.vocab_size, config.embedding_dim, context.max_len, config.num_layers,
+        config.num_heads, config.dropout, causal=config.all_positions,
+        num_positions=trained_positions, oov_rate=config.history_oov_rate, name="encoder")
+    extraction = SequenceExtraction(config.extraction, name="extraction")
+    query_tower = QueryTower(encoder, extraction, name="query_tower")
+    candidate_tower = ItemTower(context.vocab_size, config.item_hidden_units,
+                                name="candidate_tower")
+    return assemble(config, context, query_tower, candidate_tower)
+
+
+def assemble(config: ModelConfig, context: BuildContext, query_tower: tf.keras.layers.Layer,
+             candidate_tower: tf.keras.layers.Layer) -> RetrievalModel:
+    """A `RetrievalModel` from two towers plus the config's scorer and task; the last
+    step of every kind's builder."""
+    task = BatchSoftmax(config.remove_accidental_hits, config.temperature, name="task")
+    scorer = build_scorer(config.scorer, config.scorer_options, name="scorer")
+    probability = context.sampling_probability
+    if config.logq_correction and probability is None:
+        # Restoring: a placeholder the checkpoint overwrites with the trained table.
+        probability = np.full(context.vocab_size, 1.0 / context.vocab_size, np.float32)
+    return RetrievalModel(query_tower, candidate_tower, task, scorer, context.vocab_size,
+                          probability if config.logq_correction else None)
+
+
+def check_model_config(config: ModelConfig) -> Any:
+    """Validates a model config before any data is read or trained on.
+
+    Returns:
+        The kind's parsed options.
+
+    Raises:
+        ValueError: an unknown kind or scorer, bad options, or inconsistent sizes.
+    """
+    entry = MODEL_KINDS.get(config.kind)
+    options = entry.parse_options(config.options, "config.model.options")
+    build_scorer(config.scorer, config.scorer_options)  # checks name and options
+    if config.item_hidden_units and config.item_hidden_units[-1] != config.embedding_dim:
+        raise ValueError(
+            f"The item tower's last layer ({config.item_hidden_units[-1]}) must equal "
+            f"embedding_dim ({config.embedding_dim}) so both towers share a space.")
+    if config.all_positions and config.extraction != "last":
+        raise ValueError(f"all_positions=True trains every prefix in one causal pass, which "
+                         f"needs extraction='last'; got extraction={config.extraction!r}. "
+                         "Set all_positions=False for other extractions.")
+    return options
 
 
 def build_model(config: ModelConfig, vocab_size: int, max_len: int,
                 sampling_probability: Optional[np.ndarray] = None) -> RetrievalModel:
-    """Builds the baseline model described by `config`.
+    """Builds the model of kind `config.kind` (registered in `MODEL_KINDS`).
 
     Args:
         config: Model settings.
@@ -130,20 +271,9 @@ def build_model(config: ModelConfig, vocab_size: int, max_len: int,
     Returns:
         An uncompiled `RetrievalModel`.
     """
-    if config.item_hidden_units[-1] != config.embedding_dim:
-        raise ValueError(
-            f"The item tower's last layer ({config.item_hidden_units[-1]}) must equal "
-            f"embedding_dim ({config.embedding_dim}) so both towers share a space.")
+    options = check_model_config(config)
     if sampling_probability is not None and len(sampling_probability) != vocab_size:
         raise ValueError(f"sampling_probability has {len(sampling_probability)} entries; "
                          f"expected vocab_size={vocab_size}.")
-    encoder = SelfAttentionEncoder(vocab_size, config.embedding_dim, max_len,
-                                   config.num_layers, config.num_heads, config.dropout,
-                                   name="encoder")
-    query_tower = QueryTower(encoder, SequenceExtraction(config.extraction, name="extraction"),
-                             name="query_tower")
-    candidate_tower = ItemTower(vocab_size, config.item_hidden_units, name="candidate_tower")
-    task = BatchSoftmax(config.remove_accidental_hits, config.temperature, name="task")
-    return RetrievalModel(
-        query_tower, candidate_tower, task, get_scorer(config.scorer),
-        sampling_probability if config.logq_correction else None)
+    context = BuildContext(vocab_size, max_len, sampling_probability)
+    return MODEL_KINDS.get(config.kind).target(config, options, context)

@@ -4,9 +4,14 @@
 max-sim for 3-D queries). Multi-interest scoring (MUR eq. 4) and session-proxy
 distances (ProxySR) need other affinities, so this task takes the score matrix from a
 swappable scorer (`tfrec_proxy.scoring`) and applies the rest exactly as TFRS does,
-with TFRS's own loss layers: temperature, logQ correction
-(`SamplingProbablityCorrection`), accidental-hit removal (`RemoveAccidentalHits`) and
-a summed categorical cross-entropy. It is also the one place where per-example loss
+as TFRS does: temperature, logQ correction, accidental-hit removal (TFRS's
+`RemoveAccidentalHits`) and a summed categorical cross-entropy.
+
+The logQ correction is `s - log p` written here rather than TFRS's
+`SamplingProbablityCorrection`, which clips `p` at 1e-6: on catalogues with more than
+about a million training targets every tail item falls below that floor and gets the
+same correction, flattening exactly the tail correction logQ exists for. Where
+`p >= 1e-6` the two agree (pinned in tests/test_tasks.py). It is also the one place where per-example loss
 weights (density weighting, frequency balance) enter. With a dot-product scorer it
 equals `tfrs.tasks.Retrieval` (pinned in tests/test_tasks.py).
 """
@@ -38,7 +43,6 @@ class BatchSoftmax(tf.keras.layers.Layer):
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.remove_accidental_hits = remove_accidental_hits
         self.temperature = temperature
-        self._logq_correction = tfrs.layers.loss.SamplingProbablityCorrection(dtype="float32")
         self._remove_hits = tfrs.layers.loss.RemoveAccidentalHits(dtype="float32")
         self._loss = tf.keras.losses.CategoricalCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.SUM)
@@ -65,8 +69,10 @@ class BatchSoftmax(tf.keras.layers.Layer):
         if self.temperature is not None:
             scores = scores / self.temperature
         if candidate_sampling_probability is not None:
-            scores = self._logq_correction(
-                scores, tf.cast(candidate_sampling_probability, tf.float32))
+            # Unclipped (see the module docstring); p > 0 is guaranteed by
+            # `sampling_probabilities`, which gives unseen items 1 / total.
+            scores = scores - tf.math.log(
+                tf.cast(candidate_sampling_probability, tf.float32))[tf.newaxis, :]
         if self.remove_accidental_hits:
             if candidate_ids is None:
                 raise ValueError("remove_accidental_hits=True needs candidate_ids.")

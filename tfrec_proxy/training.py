@@ -1,24 +1,35 @@
-"""Training pipeline: prepare data, build the model under a strategy, `fit`, evaluate,
-export. `tfrec-proxy train` is a thin wrapper around `train`.
+"""Training pipeline: prepare data, build the model under a strategy, `fit` one or more
+phases, evaluate, export. `tfrec-proxy train` is a thin wrapper around `train`.
+
+A method that needs several `fit` calls (pre-training, a weighted phase, a
+calibration phase with the item tower frozen) passes `phases=[Phase(...), ...]`; each
+phase may freeze sub-layers, set the per-item loss weights and add its own callbacks.
 """
 
 import dataclasses
 import datetime
 import json
+import math
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import pandas as pd
 
 from tfrec_proxy._tf import tf
 from tfrec_proxy.config import RunConfig, TrainConfig
-from tfrec_proxy.data import PreparedData, Vocabulary, make_dataset, prepare_data
+from tfrec_proxy.data import (PreparedData, Vocabulary, make_dataset, make_sequence_dataset,
+                              prepare_data, sequences_per_batch)
 from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
-from tfrec_proxy.export import RunFormatError, export_run
-from tfrec_proxy.models import RetrievalModel, build_model
+from tfrec_proxy.export import export_run
+from tfrec_proxy.models import RetrievalModel, build_model, check_model_config
+from tfrec_proxy.run_format import RunFormatError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
+EVAL_CHUNKS = ("all", "last")
+ItemWeights = Union[np.ndarray, Callable[[RetrievalModel, PreparedData], np.ndarray]]
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
@@ -33,6 +44,44 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes outputs: always, except on the non-chief workers
+    of a multi-worker cluster (task `chief`, or `worker` 0 when there is no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    cluster = resolver.cluster_spec().as_dict() if resolver.cluster_spec() else {}
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+
+
+@dataclasses.dataclass
+class Phase:
+    """One `fit` call of a training schedule.
+
+    Attributes:
+        name: Shown in logs and stored with the history.
+        epochs: Epochs of this phase (None: `TrainConfig.epochs`).
+        frozen: Model sub-layers not trained in this phase, as attribute paths of
+            the `RetrievalModel` (e.g. `"candidate_tower"`, `"query_tower.encoder"`).
+        item_loss_weights: `[V]` per-item loss weights set before the phase, or a
+            function `(model, data) -> [V]` computing them (e.g. density weights);
+            None keeps the current weights.
+        callbacks: Keras callbacks of this phase only.
+        early_stopping: Apply the config's early stopping in this phase.
+        learning_rate: Adam learning rate of this phase (None: the config's).
+    """
+
+    name: str = "train"
+    epochs: Optional[int] = None
+    frozen: Sequence[str] = ()
+    item_loss_weights: Optional[ItemWeights] = None
+    callbacks: Sequence[tf.keras.callbacks.Callback] = ()
+    early_stopping: bool = True
+    learning_rate: Optional[float] = None
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What `train` produced."""
@@ -43,35 +92,77 @@ class TrainResult:
     metrics: Dict[str, float]
     run_dir: Optional[Path]
     seconds: float
+    phases: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def _check_monitor(train: TrainConfig) -> None:
-    """Fails fast on a monitor no callback logs (Keras would only warn, never stop)."""
+def check_train_config(train: TrainConfig) -> None:
+    """Fails fast on settings Keras would only warn about (or fail on late)."""
     monitors = ["val_loss"] + [f"val_{name}@{k}" for k in train.eval_ks
                                for name in ("hr", "ndcg")]
     if train.early_stopping_patience > 0 and train.monitor not in monitors:
         raise ValueError(f"Unknown early-stopping monitor {train.monitor!r}; expected one "
                          f"of {monitors} (eval_ks={list(train.eval_ks)}).")
+    if train.eval_chunks not in EVAL_CHUNKS:
+        raise ValueError(f"Unknown eval_chunks {train.eval_chunks!r}; expected one of "
+                         f"{EVAL_CHUNKS}.")
+    if train.num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {train.num_negatives}.")
+    if train.strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {train.strategy!r}; expected one of {STRATEGIES}.")
 
 
-def _callbacks(config: RunConfig, data: PreparedData,
-               verbose: int = 1) -> List[tf.keras.callbacks.Callback]:
+def _sublayer(model: RetrievalModel, path: str) -> tf.keras.layers.Layer:
+    layer: Any = model
+    for part in path.split("."):
+        if not hasattr(layer, part):
+            raise ValueError(f"Cannot freeze {path!r}: the model has no {part!r} there; "
+                             "expected a path such as 'candidate_tower' or "
+                             "'query_tower.encoder'.")
+        layer = getattr(layer, part)
+    return layer
+
+
+def _datasets(config: RunConfig, data: PreparedData, model: RetrievalModel,
+              global_batch: int) -> Tuple[tf.data.Dataset, tf.data.Dataset]:
+    seed = config.train.seed
+    if config.model.all_positions and model.query_tower.supports_all_positions:
+        sequences = data.split.train_sequences
+        per_batch = sequences_per_batch(sequences, global_batch)
+        train_ds = make_sequence_dataset(sequences, per_batch, shuffle=True, seed=seed)
+    else:
+        train_ds = make_dataset(data.split.train, global_batch, shuffle=True, seed=seed)
+    return train_ds, make_dataset(data.split.validation, global_batch)
+
+
+def _phase_callbacks(config: RunConfig, data: PreparedData, phase: Phase,
+                     extra: Sequence[tf.keras.callbacks.Callback], verbose: int
+                     ) -> List[tf.keras.callbacks.Callback]:
     train = config.train
-    callbacks: List[tf.keras.callbacks.Callback] = [
-        SampledRankingCallback(data, "validation", ks=train.eval_ks, seed=train.seed)]
-    if train.early_stopping_patience > 0:
+    callbacks: List[tf.keras.callbacks.Callback] = [SampledRankingCallback(
+        data, "validation", ks=train.eval_ks, num_negatives=train.num_negatives,
+        seed=train.seed, chunks=train.eval_chunks)]
+    if phase.early_stopping and train.early_stopping_patience > 0:
         callbacks.append(tf.keras.callbacks.EarlyStopping(
             monitor=train.monitor, mode="min" if train.monitor.endswith("loss") else "max",
             patience=train.early_stopping_patience, restore_best_weights=True,
             verbose=verbose))
     if train.tensorboard_dir:
-        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=train.tensorboard_dir))
-    return callbacks
+        callbacks.append(tf.keras.callbacks.TensorBoard(
+            log_dir=str(Path(train.tensorboard_dir) / phase.name)
+            if phase.name != "train" else train.tensorboard_dir))
+    return callbacks + list(extra) + list(phase.callbacks)
+
+
+def _run_name() -> str:
+    return "run-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
 def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = "saved_models",
           run_name: Optional[str] = None, export: bool = True,
-          verbose: Union[int, str] = "auto", data: Optional[PreparedData] = None) -> TrainResult:
+          verbose: Union[int, str] = "auto", data: Optional[PreparedData] = None,
+          interactions: Optional[pd.DataFrame] = None,
+          callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+          phases: Optional[Sequence[Phase]] = None) -> TrainResult:
     """Trains, evaluates and (optionally) exports a retrieval model.
 
     Args:
@@ -79,58 +170,115 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         output_dir: Parent folder of run folders.
         run_name: Run folder name; default `run-<UTC timestamp>`. An existing folder
             is an error, raised before training starts.
-        export: Write the run folder.
+        export: Write the run folder (on the chief only, under multi-worker).
         verbose: Keras `fit` verbosity (progress bar with `"auto"` on a terminal).
         data: Already prepared data for `config.data` (skips preparation).
+        interactions: A pandas frame of interactions (`config.data.source =
+            "dataframe"`), with the config's user/item/time column names.
+        callbacks: Keras callbacks added to every phase.
+        phases: The `fit` schedule; default one phase of `config.train.epochs`.
 
     Returns:
-        A `TrainResult`.
+        A `TrainResult`; `history` concatenates the phases' epochs, `phases` lists
+        `{"name", "epochs"}` in order.
     """
     config = config or RunConfig()
-    _check_monitor(config.train)
+    check_model_config(config.model)
+    check_train_config(config.train)
+    phases = list(phases) if phases is not None else [Phase()]
+    if not phases:
+        raise ValueError("phases is empty; expected at least one Phase.")
     run_dir = None
     if export:
-        run_dir = Path(output_dir) / (run_name or "run-" + datetime.datetime.now(
-            datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+        run_dir = Path(output_dir) / (run_name or _run_name())
         if run_dir.exists():
             raise FileExistsError(f"Run folder {str(run_dir)!r} exists; choose another run "
                                   "name or remove it.")
     started = time.perf_counter()
     tf.keras.utils.set_random_seed(config.train.seed)
-    data = data or prepare_data(config.data)
+    data = data or prepare_data(config.data, interactions=interactions)
     strategy = get_strategy(config.train.strategy)
     policy = tf.keras.mixed_precision.global_policy()
     if config.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    history: Dict[str, List[float]] = {}
+    done: List[Dict[str, Any]] = []
     try:
         with strategy.scope():
             model = build_model(config.model, data.vocab.size, config.data.max_len,
                                 data.sampling_probability)
-            model.compile(optimizer=tf.keras.optimizers.Adam(config.train.learning_rate),
-                          jit_compile=config.train.jit_compile)
         global_batch = config.train.batch_size * strategy.num_replicas_in_sync
-        train_ds = make_dataset(data.split.train, global_batch, shuffle=True,
-                                seed=config.train.seed)
-        validation_ds = make_dataset(data.split.validation, global_batch)
-        history = model.fit(train_ds, validation_data=validation_ds,
-                            epochs=config.train.epochs,
-                            callbacks=_callbacks(config, data, verbose=int(verbose != 0)),
-                            verbose=verbose)
+        train_ds, validation_ds = _datasets(config, data, model, global_batch)
+        for phase in phases:
+            fitted = _fit_phase(model, strategy, config, data, phase, train_ds,
+                                validation_ds, callbacks, verbose)
+            offset = sum(p["epochs"] for p in done)
+            epochs = len(fitted.get("loss", []))
+            for key, values in fitted.items():
+                history.setdefault(key, [math.nan] * offset).extend(float(v) for v in values)
+            for column in history.values():  # NaN where a phase did not log a key
+                column.extend([math.nan] * (offset + epochs - len(column)))
+            done.append({"name": phase.name, "epochs": epochs})
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
-    metrics = evaluate_model(model, data, "test", ks=config.train.eval_ks, seed=config.train.seed)
+    train_seconds = time.perf_counter() - started
+    metrics = evaluate_model(model, data, "test", ks=config.train.eval_ks,
+                             num_negatives=config.train.num_negatives, seed=config.train.seed,
+                             chunks=config.train.eval_chunks)
     if run_dir is not None:
-        results = {"test": metrics, "data": data.summary(),
-                   "epochs": len(history.history.get("loss", [])),
-                   "train_seconds": round(time.perf_counter() - started, 2)}
-        export_run(model, run_dir, vocab=data.vocab, config=config, metrics=results)
-    return TrainResult(model, data, history.history, metrics, run_dir,
-                       time.perf_counter() - started)
+        results = {"test": metrics, "data": data.summary(), "history": history,
+                   "phases": done, "epochs": sum(p["epochs"] for p in done),
+                   "train_seconds": round(train_seconds, 2)}
+        stats = {"counts": data.item_counts}
+        if data.item_clusters is not None:
+            stats["clusters"] = data.item_clusters
+        if is_chief(strategy):
+            export_run(model, run_dir, vocab=data.vocab, config=config, metrics=results,
+                       item_stats=stats)
+        else:
+            # Non-chief workers take part in the same steps but write to a scratch
+            # folder that is thrown away, as Keras's multi-worker guide does.
+            with tempfile.TemporaryDirectory() as scratch:
+                export_run(model, Path(scratch) / "run", vocab=data.vocab, config=config,
+                           metrics=results, item_stats=stats)
+            run_dir = None
+    return TrainResult(model, data, history, metrics, run_dir,
+                       time.perf_counter() - started, done)
+
+
+
+def _fit_phase(model: RetrievalModel, strategy: tf.distribute.Strategy, config: RunConfig,
+               data: PreparedData, phase: Phase, train_ds: tf.data.Dataset,
+               validation_ds: tf.data.Dataset,
+               callbacks: Sequence[tf.keras.callbacks.Callback],
+               verbose: Union[int, str]) -> Dict[str, List[float]]:
+    """Freezes, sets weights, compiles (a fresh optimizer) and fits one phase."""
+    frozen = [_sublayer(model, path) for path in phase.frozen]
+    if phase.item_loss_weights is not None:
+        weights = phase.item_loss_weights
+        model.set_item_loss_weights(weights(model, data) if callable(weights) else weights)
+    for layer in frozen:
+        layer.trainable = False
+    try:
+        with strategy.scope():
+            model.compile(optimizer=tf.keras.optimizers.Adam(
+                phase.learning_rate or config.train.learning_rate),
+                jit_compile=config.train.jit_compile)
+        fitted = model.fit(
+            train_ds, validation_data=validation_ds,
+            epochs=phase.epochs or config.train.epochs,
+            callbacks=_phase_callbacks(config, data, phase, callbacks, int(verbose != 0)),
+            verbose=verbose)
+    finally:
+        for layer in frozen:
+            layer.trainable = True
+    return fitted.history
 
 
 def restore_model(run_dir: Union[str, Path]) -> Tuple[RetrievalModel, Vocabulary, RunConfig]:
     """Rebuilds a run's Keras model from its `config.json`, `vocabulary.json` and
-    `weights/` checkpoint; the data is not needed (the logQ table is checkpointed).
+    `weights/` checkpoint (dispatching on the config's model kind); the data is not
+    needed (the logQ and loss-weight tables are checkpointed).
 
     Returns:
         `(model, vocabulary, config)`.
@@ -145,11 +293,9 @@ def restore_model(run_dir: Union[str, Path]) -> Tuple[RetrievalModel, Vocabulary
                              f"{missing}; expected a run folder written by `tfrec-proxy train`.")
     config = RunConfig.from_json(run_dir / "config.json")
     vocab = Vocabulary.load(run_dir / "vocabulary.json")
-    # A placeholder: the checkpoint restores the trained sampling probabilities.
-    placeholder = np.full(vocab.size, 1.0 / vocab.size, np.float32)
-    model = build_model(config.model, vocab.size, config.data.max_len, placeholder)
+    model = build_model(config.model, vocab.size, config.data.max_len)
     # Create the towers' variables so the checkpoint restores into them now.
-    model.query_tower(tf.zeros([1, config.data.max_len], tf.int32))
+    model.query_tower({"history": tf.zeros([1, config.data.max_len], tf.int32)})
     model.candidate_tower(model.candidate_features(tf.zeros([1], tf.int32)))
     status = model.load_weights(str(run_dir / "weights" / "model"))
     status.expect_partial().assert_existing_objects_matched()

@@ -1,25 +1,46 @@
 """Reading interaction files into a checked `user_id, item_id, timestamp` frame.
 
-Two text formats are read, told apart by content:
+Formats (`load_interactions(file_format=...)`):
 
-* MovieLens `ratings.dat`: `UserID::MovieID::Rating::Timestamp` per line.
-* SASRec `ml-1m.txt`: `user item` per line (whitespace-separated); the file order is
-  the time order, so the 0-based line index becomes the timestamp.
+* `"movielens"`: MovieLens `ratings.dat`, `UserID::MovieID::Rating::Timestamp` per line.
+* `"sasrec"`: SASRec `ml-1m.txt`, `user item` per line (whitespace-separated); the file
+  order is the time order, so the 0-based line index becomes the timestamp.
+* `"csv"`, `"tsv"`, `"parquet"`: tables with a header and named columns
+  (`tfrec_proxy.data.tables`), e.g. MovieLens' newer `ratings.csv`.
+* `"auto"`: by extension (`.csv`, `.tsv`, `.parquet`/`.pq`), otherwise by content
+  (`::` in the first non-blank line -> MovieLens, an integer first field -> SASRec).
 """
 
 import io
 import pathlib
 import re
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
-REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
+from tfrec_proxy.data.frames import REQUIRED_COLUMNS, LoadReport, validate_interactions
+from tfrec_proxy.data.tables import TABLE_FORMATS, read_table
 
-# Files looked for, in order, when `load_interactions` is given a directory.
-DATA_FILE_NAMES = ("ratings.dat", "ml-1m.txt")
+__all__ = ["DATA_FILE_NAMES", "FILE_FORMATS", "REQUIRED_COLUMNS", "LoadReport",
+           "default_data_dir", "load_interactions", "validate_interactions"]
+
+FILE_FORMATS = ("auto", "movielens", "sasrec") + TABLE_FORMATS
+
+# Files looked for, in order, when `load_interactions` is given a directory, and the
+# format each one is read in.
+DATA_FILE_NAMES = ("ratings.dat", "ratings.csv", "ml-1m.txt")
+_FORMAT_OF_NAME = {"ratings.dat": "movielens", "ratings.csv": "csv", "ml-1m.txt": "sasrec"}
+
+_EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+# Extensions of other table formats, refused by "auto" before reading their content.
+_OTHER_EXTENSIONS = (".json", ".jsonl", ".ndjson", ".xlsx", ".xls", ".ods", ".feather",
+                     ".arrow", ".orc", ".avro", ".h5", ".hdf5", ".pkl", ".pickle", ".npy",
+                     ".npz", ".xml", ".html", ".db", ".sqlite")
+ACCEPTED_FORMATS = (
+    "movielens (`UserID::MovieID::Rating::Timestamp` lines, e.g. ratings.dat), sasrec "
+    "(`user item` lines, e.g. ml-1m.txt), or a table with a header row: csv (.csv), tsv "
+    "(.tsv) or parquet (.parquet, .pq)")
 
 _MOVIELENS_FORMAT = "MovieLens `UserID::MovieID::Rating::Timestamp` (four integers)"
 _SASREC_FORMAT = "SASRec `user item` (two whitespace-separated integers)"
@@ -29,109 +50,52 @@ _INTEGER = re.compile(r"[+-]?\d+")
 _INT64 = np.iinfo(np.int64)
 
 
-def _plain(value: object) -> object:
-    """A numpy scalar as the Python value, for readable messages."""
-    return value.item() if isinstance(value, np.generic) else value
+def _resolve(path: Union[str, pathlib.Path], file_format: str) -> pathlib.Path:
+    """The data file for `path`: the file itself, or the first known file in a folder.
 
-
-@dataclass
-class LoadReport:
-    """What a load read, kept and dropped.
-
-    Attributes:
-        source: the file read.
-        rows_read: lines read, blank ones included.
-        rows_kept: interactions returned.
-        rows_dropped: lines skipped, `rows_read - rows_kept`.
-        dropped_reasons: number of skipped lines per reason, e.g. `{"blank line": 2}`.
+    In a folder, only the known names that `file_format` reads are looked for.
     """
-
-    source: str
-    rows_read: int
-    rows_kept: int
-    rows_dropped: int
-    dropped_reasons: Dict[str, int] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        reasons = ", ".join(f"{reason}: {n:,}" for reason, n in self.dropped_reasons.items())
-        return (f"{self.source}: read {self.rows_read:,} rows, kept {self.rows_kept:,}, "
-                f"dropped {self.rows_dropped:,}" + (f" ({reasons})" if reasons else ""))
-
-
-def _integer_column(values: pd.Series, column: str, source: str) -> np.ndarray:
-    """Converts one column to int64, naming the first bad value's row otherwise."""
-    missing = values.isna().to_numpy()
-    if missing.any():
-        row = _plain(values.index[np.argmax(missing)])
-        raise ValueError(f"{source}: column {column!r} has a missing value (NaN/None) at "
-                         f"row {row!r}; expected an integer in every row")
-    kind = values.dtype.kind
-    if kind in "iu":
-        if kind == "u" and len(values) and values.max() > _INT64.max:
-            position = np.argmax(values.to_numpy() > _INT64.max)
-            raise ValueError(f"{source}: column {column!r} at row "
-                             f"{_plain(values.index[position])!r} has value "
-                             f"{_plain(values.iloc[position])!r}, which does not fit in int64")
-        return values.to_numpy(dtype=np.int64)
-    numbers = (pd.to_numeric(values, errors="coerce") if kind != "b"
-               else pd.Series(np.nan, index=values.index))
-    as_float = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(as_float) | (as_float != np.floor(as_float)) | (
-            np.abs(as_float) >= 2.0 ** 63)
-    if bad.any():
-        position = np.argmax(bad)
-        raise ValueError(f"{source}: column {column!r} at row "
-                         f"{_plain(values.index[position])!r} has value "
-                         f"{_plain(values.iloc[position])!r}, which is not an integer; "
-                         "expected integer ids and timestamps (3 and 3.0 are accepted)")
-    return as_float.astype(np.int64)
-
-
-def validate_interactions(df: pd.DataFrame, source: str = "interactions") -> pd.DataFrame:
-    """Checks an interaction frame and returns a copy with int64 id/time columns.
-
-    Args:
-        df: a frame with at least the columns `user_id`, `item_id`, `timestamp` holding
-            integers (integer-valued floats such as 3.0 and numeric strings are
-            accepted). Other columns are kept unchanged.
-        source: where the frame came from, used in error messages.
-
-    Returns:
-        A copy of `df` whose three required columns are int64.
-
-    Raises:
-        TypeError: `df` is not a DataFrame.
-        ValueError: the frame is empty, a required column is missing, or a required
-            value is missing or not an integer (the message names the column, the row
-            index and the source).
-    """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
-    missing = [column for column in REQUIRED_COLUMNS if column not in df.columns]
-    if missing:
-        raise ValueError(f"{source}: missing column(s) {missing}; columns present: "
-                         f"{list(df.columns)}; expected: {list(REQUIRED_COLUMNS)}")
-    if df.empty:
-        raise ValueError(f"{source}: no interactions (the frame has no rows)")
-    out = df.copy()
-    for column in REQUIRED_COLUMNS:
-        out[column] = _integer_column(df[column], column, source)
-    return out
-
-
-def _resolve(path: Union[str, pathlib.Path]) -> pathlib.Path:
-    """The data file for `path`: the file itself, or the first known file in a folder."""
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"interaction data not found: {path} does not exist")
     if not path.is_dir():
         return path
-    for name in DATA_FILE_NAMES:
+    names = [name for name in DATA_FILE_NAMES
+             if file_format in ("auto", _FORMAT_OF_NAME[name])]
+    for name in names:
         if (path / name).is_file():
             return path / name
+    if not names:
+        raise FileNotFoundError(f"{path} is a directory and file_format={file_format!r} has "
+                                "no known file name; give the path of the file itself")
     raise FileNotFoundError(f"no interaction file in directory {path}: looked for "
-                            f"{', '.join(DATA_FILE_NAMES)}")
+                            f"{', '.join(names)}")
+
+
+def _text_format(file: pathlib.Path, first_line: str) -> str:
+    """`"movielens"` or `"sasrec"` from the first non-blank line, for `"auto"`."""
+    if "::" in first_line:
+        return "movielens"
+    fields = first_line.split()
+    if fields and _INTEGER.fullmatch(fields[0]):
+        return "sasrec"
+    shown = first_line if len(first_line) <= 80 else first_line[:77] + "..."
+    raise ValueError(f"{file}: unrecognised interaction file format: the first line {shown!r} "
+                     f"is neither {_MOVIELENS_FORMAT} nor {_SASREC_FORMAT}; accepted formats: "
+                     f"{ACCEPTED_FORMATS}. Pass file_format= to choose one.")
+
+
+def _format_of(file: pathlib.Path, file_format: str) -> Optional[str]:
+    """The format to read `file` in; None for `"auto"` on a text file (decided by content)."""
+    if file_format != "auto":
+        return file_format
+    suffix = file.suffix.lower()
+    if suffix in _EXTENSION_FORMATS:
+        return _EXTENSION_FORMATS[suffix]
+    if suffix in _OTHER_EXTENSIONS:
+        raise ValueError(f"{file}: unrecognised interaction file format {suffix!r}; accepted "
+                         f"formats: {ACCEPTED_FORMATS}. Convert the file to one of them.")
+    return None
 
 
 def _parse_slowly(path: pathlib.Path, lines: List[str], kept: Sequence[int],
@@ -183,28 +147,55 @@ def _parse(path: pathlib.Path, lines: List[str], kept: List[int], movielens: boo
     return _parse_slowly(path, lines, kept, movielens)
 
 
-def load_interactions(path: Union[str, pathlib.Path]) -> Tuple[pd.DataFrame, LoadReport]:
-    """Reads a MovieLens `ratings.dat` or SASRec `ml-1m.txt` interaction file.
+def load_interactions(path: Union[str, pathlib.Path], file_format: str = "auto",
+                      user_column: str = "user_id", item_column: str = "item_id",
+                      time_column: Optional[str] = "timestamp"
+                      ) -> Tuple[pd.DataFrame, LoadReport]:
+    """Reads an interaction file: MovieLens, SASRec, CSV, TSV or Parquet.
 
-    The format is chosen by content: if the first non-blank line contains `::` the file
-    is MovieLens (`UserID::MovieID::Rating::Timestamp`, the rating kept as column
-    `rating`), otherwise SASRec (`user item`; timestamp = 0-based line index in the
-    file, so file order is time order). Blank lines are skipped and counted in the
-    report.
+    With `file_format="auto"`, `.csv`, `.tsv`, `.parquet` and `.pq` files are tables;
+    other files are told apart by content: if the first non-blank line contains `::`
+    the file is MovieLens (`UserID::MovieID::Rating::Timestamp`, the rating kept as
+    column `rating`), if its first field is an integer SASRec (`user item`; timestamp =
+    0-based line index in the file, so file order is time order). In the text formats
+    blank lines are skipped and counted in the report.
+
+    Tables (`tfrec_proxy.data.tables.read_table`) need a header row; their user, item
+    and time columns are named by `user_column`, `item_column` and `time_column`, and a
+    `rating` column is kept. The column names do not apply to the text formats, except
+    that `time_column=None` also makes a MovieLens file's line order its time order.
 
     Args:
-        path: a data file, or a directory holding `ratings.dat` or else `ml-1m.txt`.
+        path: a data file, or a directory holding `ratings.dat`, `ratings.csv` or
+            `ml-1m.txt` (the first found, in that order, among those `file_format`
+            reads).
+        file_format: `"auto"`, `"movielens"`, `"sasrec"`, `"csv"`, `"tsv"` or
+            `"parquet"`.
+        user_column: a table's integer user id column.
+        item_column: a table's integer item id column.
+        time_column: a table's integer (or datetime) timestamp column; None uses the
+            row order as time order.
 
     Returns:
         `(interactions, report)`: a frame with int64 columns `user_id`, `item_id`,
-        `timestamp` (and `rating` for MovieLens) in file order, and what was read.
+        `timestamp` `[N]` (and `rating` when the source has one) in file order, and
+        what was read.
 
     Raises:
         FileNotFoundError: `path` does not exist, or a directory holds no known file.
-        ValueError: the file has no interactions, or a line is malformed (the message
-            gives the file, the 1-based line number, the line and the expected format).
+        ValueError: an unknown `file_format`; a file in an unrecognised format (the
+            message lists the accepted ones); no interactions; a malformed text line
+            (the message gives the file, the 1-based line number, the line and the
+            expected format); a missing table column (named, with the columns
+            present); or a non-integer id or timestamp (the column and row are named).
     """
-    file = _resolve(path)
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"unknown file_format {file_format!r}; expected one of "
+                         f"{list(FILE_FORMATS)}")
+    file = _resolve(path, file_format)
+    chosen = _format_of(file, file_format)
+    if chosen in TABLE_FORMATS:
+        return read_table(file, chosen, user_column, item_column, time_column)
     text = file.read_text(encoding="latin-1")
     lines = text.split("\n")
     if lines[-1] == "":
@@ -212,10 +203,12 @@ def load_interactions(path: Union[str, pathlib.Path]) -> Tuple[pd.DataFrame, Loa
     kept = [index for index, line in enumerate(lines) if line.strip()]
     if not kept:
         raise ValueError(f"{file}: no interactions (the file has no non-blank line)")
-    movielens = "::" in lines[kept[0]]
+    movielens = (chosen or _text_format(file, lines[kept[0]])) == "movielens"
     values = _parse(file, lines, kept, movielens)
     if movielens:
         frame = pd.DataFrame(values, columns=list(_MOVIELENS_COLUMNS))
+        if time_column is None:
+            frame["timestamp"] = np.asarray(kept, dtype=np.int64)
     else:
         frame = pd.DataFrame(values, columns=list(_SASREC_COLUMNS))
         frame["timestamp"] = np.asarray(kept, dtype=np.int64)

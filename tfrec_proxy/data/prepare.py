@@ -1,7 +1,8 @@
 """Data preparation for a run: interactions -> vocabulary -> leave-one-out sequences.
 
-One path for every data source (the synthetic generator or a MovieLens-style file), so
-training, evaluation and re-export of a run see exactly the same split.
+One path for every data source (the synthetic generator, an interaction file or a
+pandas frame), so training, evaluation and re-export of a run see exactly the same
+split.
 """
 
 import dataclasses
@@ -12,16 +13,19 @@ import numpy as np
 import pandas as pd
 
 from tfrec_proxy.config import DataConfig
-from tfrec_proxy.data.loaders import (LoadReport, default_data_dir, load_interactions,
-                                      validate_interactions)
-from tfrec_proxy.data.sequences import (Examples, SequenceSplit, group_sequences,
+from tfrec_proxy.data.examples import Examples
+from tfrec_proxy.data.frames import LoadReport, validate_interactions
+from tfrec_proxy.data.loaders import default_data_dir, load_interactions
+from tfrec_proxy.data.sequences import (SequenceSplit, group_sequences,
                                         head_item_mask, item_frequencies, leave_one_out,
                                         sampling_probabilities, split_long_sequences,
                                         user_item_sets)
 from tfrec_proxy.data.synthetic import generate_long_tail
+from tfrec_proxy.data.tables import select_columns
 from tfrec_proxy.data.vocab import Vocabulary
 
-DATA_SOURCES = ("synthetic", "file")
+DATA_SOURCES = ("synthetic", "file", "dataframe")
+CHUNKS = ("all", "last")
 
 
 @dataclasses.dataclass
@@ -35,9 +39,9 @@ class PreparedData:
         item_counts: `[V]` training-target counts per item index.
         sampling_probability: `[V]` in-batch sampling probability (logQ).
         head_items: `[V]` bool, the 20% most frequent items (IDW §4.2).
-        report: Load report for file sources, None for synthetic data.
+        report: Load report for file and data frame sources, None for synthetic data.
         item_clusters: `[V]` ground-truth cluster per item index for synthetic data
-            (-1 for padding/OOV), None for files.
+            (-1 for padding/OOV), None for files and data frames.
         dropped_interactions: Interactions in chunks too short to keep.
     """
 
@@ -51,13 +55,26 @@ class PreparedData:
     item_clusters: Optional[np.ndarray]
     dropped_interactions: int
 
-    def examples(self, name: str) -> Examples:
-        """The `"train"`, `"validation"` or `"test"` examples."""
+    def examples(self, name: str, chunks: str = "all") -> Examples:
+        """The `"train"`, `"validation"` or `"test"` examples.
+
+        Args:
+            name: The split.
+            chunks: `"all"` chunks' examples, or only those of each user's `"last"`
+                (most recent) chunk, whose held-out items no training target follows.
+
+        Returns:
+            The examples (`[N, L]` histories), for `"last"` the
+            last-chunk rows, in the same order.
+        """
         splits = {"train": self.split.train, "validation": self.split.validation,
                   "test": self.split.test}
         if name not in splits:
             raise ValueError(f"Unknown split {name!r}; expected one of {sorted(splits)}.")
-        return splits[name]
+        if chunks not in CHUNKS:
+            raise ValueError(f"Unknown chunks {chunks!r}; expected one of {list(CHUNKS)}.")
+        examples = splits[name]
+        return examples if chunks == "all" else examples.select(examples.last_chunk)
 
     def seen_items(self, examples: Examples) -> List[np.ndarray]:
         """Per example, the item indices its user interacted with (sampling exclusions)."""
@@ -80,18 +97,31 @@ def resolve_data_path(path: Optional[str]) -> Path:
     shared = default_data_dir()
     if shared is None or not (shared / "ml-1m").exists():
         raise FileNotFoundError("No data path given and no ../shared/data/ml-1m copy found; "
-                                "pass --data-path pointing at ratings.dat or ml-1m.txt.")
+                                "pass --data-path pointing at an interaction file "
+                                "(ratings.dat, ml-1m.txt, or a CSV/TSV/Parquet table).")
     return shared / "ml-1m"
 
 
-def prepare_data(config: DataConfig) -> PreparedData:
-    """Loads or generates interactions and builds the leave-one-out split.
+def prepare_data(config: DataConfig,
+                 interactions: Optional[pd.DataFrame] = None) -> PreparedData:
+    """Loads, generates or takes interactions and builds the leave-one-out split.
 
     Args:
-        config: Data settings (`source`, `path`, generator parameters, `max_len`).
+        config: Data settings: `source` (`"synthetic"`, `"file"` or `"dataframe"`),
+            `path` and `file_format` for files, `user_column` / `item_column` /
+            `time_column` for tables and frames, generator parameters, `max_len`.
+        interactions: For `source="dataframe"` (and only then), the interactions,
+            one per row, with the config's user/item/time column names (integer ids;
+            `time_column=None` uses the row order as time order).
 
     Returns:
         The prepared data.
+
+    Raises:
+        ValueError: bad `min_len` or `source`; a frame given with a source other than
+            `"dataframe"` (the run's config would not describe its data), or none
+            given with `"dataframe"`; unreadable or unusable interactions.
+        TypeError: `interactions` is not a pandas DataFrame.
     """
     if config.min_len < 3:
         raise ValueError(f"DataConfig.min_len={config.min_len} is too small; expected >= 3 "
@@ -99,14 +129,33 @@ def prepare_data(config: DataConfig) -> PreparedData:
     if config.source not in DATA_SOURCES:
         raise ValueError(f"Unknown data source {config.source!r}; expected one of "
                          f"{DATA_SOURCES}.")
+    if interactions is not None and config.source != "dataframe":
+        raise ValueError(f"An interactions frame was given but DataConfig.source is "
+                         f"{config.source!r}; set source='dataframe' to use the frame (the "
+                         "run config records where its data came from).")
+    if interactions is None and config.source == "dataframe":
+        raise ValueError("DataConfig.source='dataframe' needs the interactions: pass "
+                         "prepare_data(config, interactions=frame) (a pandas DataFrame with "
+                         "the config's user/item/time columns); a frame cannot be re-read "
+                         "from the config, so evaluate such a run on a file with "
+                         "source='file'.")
     report = None
     clusters_by_id = None
     if config.source == "synthetic":
         synthetic = generate_long_tail(**dataclasses.asdict(config.synthetic))
         interactions = synthetic.interactions
         clusters_by_id = synthetic
+    elif config.source == "dataframe":
+        source = "interactions DataFrame"
+        interactions = select_columns(interactions, config.user_column, config.item_column,
+                                      config.time_column, source=source)
+        report = LoadReport(source=source, rows_read=len(interactions),
+                            rows_kept=len(interactions), rows_dropped=0)
     else:
-        interactions, report = load_interactions(resolve_data_path(config.path))
+        interactions, report = load_interactions(
+            resolve_data_path(config.path), file_format=config.file_format,
+            user_column=config.user_column, item_column=config.item_column,
+            time_column=config.time_column)
     interactions = validate_interactions(interactions)
 
     vocab = Vocabulary.from_ids(interactions["item_id"].to_numpy())

@@ -1,27 +1,34 @@
-"""User sequences, chunking (IDW §4.1), leave-one-out examples and `tf.data` input.
+"""User sequences, chunking (IDW §4.1) and leave-one-out examples.
 
 Item sequences hold vocabulary indices (int32, `PAD = 0`, `OOV = 1`). The pipeline is
 
-    user_sequences -> split_long_sequences -> leave_one_out -> make_dataset
+    user_sequences -> split_long_sequences -> leave_one_out
+        -> make_dataset (per-prefix) / make_sequence_dataset (all positions)
 
 with `item_frequencies`, `sampling_probabilities` and `head_item_mask` computed from the
-training targets (logQ correction, head/tail metrics).
+training targets (logQ correction, head/tail metrics). The example containers live in
+`tfrec_proxy.data.examples`, the `tf.data` builders in `tfrec_proxy.data.datasets`
+(re-exported here).
 """
 
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from tfrec_proxy._checks import check_positive_int
-from tfrec_proxy.data.loaders import validate_interactions
+from tfrec_proxy.data.datasets import make_dataset, make_sequence_dataset, sequences_per_batch
+from tfrec_proxy.data.examples import Examples, SequenceExamples
+from tfrec_proxy.data.frames import validate_interactions
 from tfrec_proxy.data.vocab import Vocabulary
 
-if TYPE_CHECKING:
-    from tfrec_proxy._tf import tf
+__all__ = ["Examples", "SequenceExamples", "SequenceSplit", "group_sequences",
+           "head_item_mask", "item_frequencies", "leave_one_out", "make_dataset",
+           "make_sequence_dataset", "sampling_probabilities", "sequences_per_batch",
+           "split_long_sequences", "user_item_sets", "user_sequences"]
 
 
 def _flatten(users: np.ndarray, sequences: Sequence[np.ndarray]
@@ -119,34 +126,6 @@ def split_long_sequences(users: np.ndarray, sequences: Sequence[np.ndarray],
 
 
 @dataclass(frozen=True, eq=False)
-class Examples:
-    """Next-item examples.
-
-    Attributes:
-        history: int32 `[N, L]` item indices, left-padded with `PAD` so the most recent
-            item is the last column.
-        target: int32 `[N]` next item index.
-        user: int64 `[N]` raw user id.
-    """
-
-    history: np.ndarray
-    target: np.ndarray
-    user: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = len(self.target)
-        if np.ndim(self.history) != 2 or len(self.history) != n or np.ndim(self.target) != 1:
-            raise ValueError(f"Examples needs history [N, L] and target [N], got shapes "
-                             f"{np.shape(self.history)} and {np.shape(self.target)}")
-        if np.shape(self.user) != (n,):
-            raise ValueError(f"Examples needs user [N] with N={n}, got shape "
-                             f"{np.shape(self.user)}")
-
-    def __len__(self) -> int:
-        return len(self.target)
-
-
-@dataclass(frozen=True, eq=False)
 class SequenceSplit:
     """Leave-one-out split of chunked sequences.
 
@@ -156,12 +135,15 @@ class SequenceSplit:
         test: all but the last item -> last item.
         user_items: raw user id -> int32 sorted unique item indices over all the user's
             chunks (targets included): the items to exclude when sampling negatives.
+        train_sequences: the `train` examples as whole sequences for all-positions
+            training: the same (history, target) pairs, one causal pass per row.
     """
 
     train: Examples
     validation: Examples
     test: Examples
     user_items: Dict[int, np.ndarray]
+    train_sequences: SequenceExamples
 
 
 def leave_one_out(users: np.ndarray, sequences: Sequence[np.ndarray],
@@ -172,7 +154,18 @@ def leave_one_out(users: np.ndarray, sequences: Sequence[np.ndarray],
     For a chunk `s` of length n >= 3: test is `s[:n-1] -> s[n-1]`, validation is
     `s[:n-2] -> s[n-2]` and train is `s[:t] -> s[t]` for t = 1..n-3. Each history holds
     the last `history_len` items of its prefix, left-padded with `PAD`. Examples are in
-    chunk order, then time order.
+    chunk order, then time order. A user's chunks are taken to be listed oldest first
+    (as `split_long_sequences` returns them): examples from the last chunk listed for
+    a user get `last_chunk=True`.
+
+    `train_sequences` holds the same training examples as whole sequences: a chunk with
+    n >= 4 gives the row `history = s[0:n-3]`, `targets = s[1:n-2]`, left-padded to
+    L = `history_len` (chunks with n == 3 have no training target and give no row).
+    If n - 3 > L, the row keeps the first L items and targets (exact for t <= L), and
+    each later target t = L+1..n-3 gets its own row `s[t-L:t]` with only its last
+    column's target `s[t]` set, so that a causal pass over the rows sees exactly the
+    histories of `train` (a chunk of `split_long_sequences(max_len=history_len)` never
+    needs such rows).
 
     Args:
         users: int64 `[S]` owner of each chunk (raw user id).
@@ -208,6 +201,10 @@ def leave_one_out(users: np.ndarray, sequences: Sequence[np.ndarray],
     padded = np.zeros(len(items) + history_len * num_sequences, dtype=np.int32)
     padded[np.arange(len(items)) + history_len * (chunk_of_item + 1)] = items
     windows = np.lib.stride_tricks.sliding_window_view(padded, history_len)
+    # A chunk is its user's last when no later chunk in the list has the same owner.
+    _, last_from_end = np.unique(owners[::-1], return_index=True)
+    last_chunk = np.zeros(num_sequences, dtype=bool)
+    last_chunk[num_sequences - 1 - last_from_end] = True
 
     # One example per (chunk, t) with t = 1..n-1.
     per_chunk = lengths - 1
@@ -219,14 +216,48 @@ def leave_one_out(users: np.ndarray, sequences: Sequence[np.ndarray],
 
     def examples(mask: np.ndarray) -> Examples:
         slots = target_slot[mask]
+        chunk = example_chunk[mask]
         return Examples(history=windows[slots - history_len], target=padded[slots],
-                        user=owners[example_chunk[mask]])
+                        user=owners[chunk], last_chunk=last_chunk[chunk])
 
     if user_items is None:
         user_items = _item_sets(owners[chunk_of_item], items)
     return SequenceSplit(train=examples(steps_from_end >= 3),
                          validation=examples(steps_from_end == 2),
-                         test=examples(steps_from_end == 1), user_items=user_items)
+                         test=examples(steps_from_end == 1), user_items=user_items,
+                         train_sequences=_train_sequences(owners, lengths, starts, items,
+                                                          history_len))
+
+
+def _train_sequences(owners: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
+                     items: np.ndarray, history_len: int) -> SequenceExamples:
+    """The rows of `SequenceSplit.train_sequences` (see `leave_one_out`), vectorised.
+
+    Args:
+        owners: int64 `[S]` owner of each chunk.
+        lengths: int64 `[S]` chunk lengths (>= 3).
+        starts: int64 `[S]` offset of each chunk in `items`.
+        items: int32 `[sum(lengths)]` the concatenated chunks.
+        history_len: L.
+    """
+    num_targets = lengths - 3  # training targets of each chunk: t = 1..n-3
+    rows_per_chunk = (num_targets > 0) + np.maximum(num_targets - history_len, 0)
+    row_chunk = np.repeat(np.arange(len(lengths)), rows_per_chunk)
+    # Rank 0: the chunk's first row, items s[0:w]; rank e >= 1: items s[e:e+L], whose
+    # last column predicts target t = L + e.
+    rank = np.arange(len(row_chunk)) - np.repeat(np.cumsum(rows_per_chunk) - rows_per_chunk,
+                                                 rows_per_chunk)
+    width = np.where(rank == 0, np.minimum(num_targets[row_chunk], history_len), history_len)
+    column = np.arange(history_len)
+    position = column[None, :] - (history_len - width)[:, None]  # < 0: padding
+    valid = position >= 0
+    has_target = valid & ((rank == 0)[:, None] | (column == history_len - 1)[None, :])
+    index = (starts[row_chunk] + rank)[:, None] + position  # item index in `items`
+    last = max(len(items) - 1, 0)
+    history = np.where(valid, items[np.clip(index, 0, last)], 0).astype(np.int32)
+    targets = np.where(has_target, items[np.clip(index + 1, 0, last)], 0).astype(np.int32)
+    return SequenceExamples(history=history.reshape(-1, history_len),
+                            targets=targets.reshape(-1, history_len), user=owners[row_chunk])
 
 
 def user_item_sets(users: np.ndarray, sequences: Sequence[np.ndarray]) -> Dict[int, np.ndarray]:
@@ -333,35 +364,3 @@ def head_item_mask(counts: np.ndarray, fraction: float = 0.2) -> np.ndarray:
     mask = np.zeros(len(counts), dtype=bool)
     mask[ranked[:num_head] + 2] = True
     return mask
-
-
-def make_dataset(examples: Examples, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 drop_remainder: bool = False) -> "tf.data.Dataset":
-    """Batches examples as a `tf.data.Dataset`.
-
-    Args:
-        examples: the examples.
-        batch_size: B.
-        shuffle: shuffle over the whole set, differently on every pass.
-        seed: shuffle seed.
-        drop_remainder: drop a last batch smaller than B.
-
-    Returns:
-        Dataset of `{"history": int32 [B, L], "target": int32 [B]}`.
-
-    Raises:
-        ValueError: `batch_size < 1` or `examples` is empty.
-    """
-    check_positive_int("batch_size", batch_size)
-    if len(examples) == 0:
-        raise ValueError("examples is empty: nothing to put in a dataset")
-    from tfrec_proxy._tf import tf  # TensorFlow only for this function
-
-    dataset = tf.data.Dataset.from_tensor_slices({
-        "history": examples.history.astype(np.int32),
-        "target": examples.target.astype(np.int32),
-    })
-    if shuffle:
-        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(
-        tf.data.AUTOTUNE)

@@ -75,8 +75,13 @@ class TransformerBlock(tf.keras.layers.Layer):
 class SelfAttentionEncoder(tf.keras.layers.Layer):
     """Item-id history -> hidden states: embedding + learned positions + blocks.
 
-    Histories are left-padded with 0 (the padding index), so the most recent item is
-    the last column and position embeddings count back from the most recent item.
+    Histories are left-padded with 0 (the padding index). Positions count forward
+    from the oldest item in the window (the first real item is position 0), so a
+    causal encoder gives item j the same position whether it is encoded inside a
+    longer training sequence or as the end of its own prefix. Positions at or past
+    `num_positions - 1` share the last position embedding: training histories are
+    shorter than served ones (leave-one-out holds out the last two items), and every
+    position a served history uses must be one that training updated.
 
     Args:
         vocab_size: Number of item indices (padding and OOV included).
@@ -85,18 +90,34 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
         num_layers: Number of `TransformerBlock`s.
         num_heads: Attention heads per block.
         dropout: Dropout rate.
-        causal: Causal attention inside the blocks.
+        causal: Causal attention inside the blocks (position i sees items <= i),
+            which lets one forward pass give every prefix's representation.
+        num_positions: Distinct position embeddings (default `max_len`).
+        oov_rate: During training, the share of history items replaced by the OOV
+            index (1), so the OOV embedding that serves unknown ids is trained.
+
+    Example:
+
+        encoder = SelfAttentionEncoder(vocab_size=100, dim=16, max_len=30, causal=True)
+        hidden = encoder(tf.constant([[0, 0, 5, 7]]))  # [1, 4, 16]
     """
 
     def __init__(self, vocab_size: int, dim: int = 16, max_len: int = 30,
                  num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
-                 causal: bool = False, **kwargs: Any) -> None:
+                 causal: bool = False, num_positions: Optional[int] = None,
+                 oov_rate: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3 (padding, OOV and one item), "
                              f"got {vocab_size}.")
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}.")
+        num_positions = max_len if num_positions is None else num_positions
+        if not 1 <= num_positions <= max_len:
+            raise ValueError(f"num_positions must be in [1, max_len={max_len}], got "
+                             f"{num_positions}.")
+        if not 0.0 <= oov_rate < 1.0:
+            raise ValueError(f"oov_rate must be in [0, 1), got {oov_rate}.")
         self.vocab_size = vocab_size
         self.dim = dim
         self.max_len = max_len
@@ -104,13 +125,20 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
         self.num_heads = num_heads
         self.dropout = dropout
         self.causal = causal
+        self.num_positions = num_positions
+        self.oov_rate = oov_rate
         self.item_embedding = tf.keras.layers.Embedding(vocab_size, dim, name="item_embedding")
-        self.position_embedding = tf.keras.layers.Embedding(max_len, dim,
+        self.position_embedding = tf.keras.layers.Embedding(num_positions, dim,
                                                             name="position_embedding")
         self._input_dropout = tf.keras.layers.Dropout(dropout)
         self.blocks = [TransformerBlock(dim, num_heads, dropout=dropout, causal=causal,
                                         name=f"block_{i}") for i in range(num_layers)]
         self._output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+
+    def positions(self, mask: tf.Tensor) -> tf.Tensor:
+        """`[B, L]` position ids: 0 at the oldest real item, clamped to the table."""
+        index = tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1
+        return tf.clip_by_value(index, 0, self.num_positions - 1)
 
     def call(self, history: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
         """Encodes histories.
@@ -124,10 +152,11 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
             extraction layer ignores through `compute_mask`.
         """
         mask = tf.not_equal(history, 0)
-        length = tf.shape(history)[1]
-        # Position 0 = most recent item, counting backwards.
-        positions = tf.range(length - 1, -1, -1)
-        x = self.item_embedding(history) + self.position_embedding(positions)[tf.newaxis]
+        if training and self.oov_rate > 0:
+            replace = tf.logical_and(
+                mask, tf.random.uniform(tf.shape(history)) < self.oov_rate)
+            history = tf.where(replace, tf.ones_like(history), history)
+        x = self.item_embedding(history) + self.position_embedding(self.positions(mask))
         x = self._input_dropout(x, training=training)
         for block in self.blocks:
             x = block(x, mask=mask, training=training)
@@ -140,5 +169,6 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
         config = super().get_config()
         config.update(vocab_size=self.vocab_size, dim=self.dim, max_len=self.max_len,
                       num_layers=self.num_layers, num_heads=self.num_heads,
-                      dropout=self.dropout, causal=self.causal)
+                      dropout=self.dropout, causal=self.causal,
+                      num_positions=self.num_positions, oov_rate=self.oov_rate)
         return config

@@ -1,7 +1,10 @@
 """The two towers of the baseline retrieval model.
 
-* `QueryTower`: item-id history `[B, L]` -> user vector `[B, d]` (sequence encoder +
-  extraction), the IDW paper's user tower f_theta.
+* `QueryTower`: query feature dict `{"history": [B, L], ...context}` -> user vector
+  `[B, d]` or `[B, M, d]` (sequence encoder + extraction), the IDW paper's user tower
+  f_theta. Context features (timestamps, a user id) are declared by the towers that
+  use them and reach them through the same dict, in training and in the exported
+  query SavedModel.
 * `ItemTower`: candidate feature dict `{"item_id": [B]}` -> item vector `[B, d]`
   (id embedding + MLP), the item tower g_phi. It takes a feature dict so that
   attribute/context features (PIR) can join without changing its callers.
@@ -10,11 +13,21 @@ Both return float32 even under a mixed-precision policy, so scores and losses ar
 computed in float32.
 """
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from tfrec_proxy._tf import tf
 
 ITEM_ID = "item_id"
+HISTORY = "history"
+
+
+def history_of(features: Union[tf.Tensor, Mapping[str, tf.Tensor]]) -> tf.Tensor:
+    """The `[B, L]` history from a query feature dict (or a bare history tensor)."""
+    if isinstance(features, Mapping):
+        if HISTORY not in features:
+            raise KeyError(f"Query features need {HISTORY!r}; got {sorted(features)}.")
+        return features[HISTORY]
+    return features
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
@@ -24,6 +37,9 @@ class QueryTower(tf.keras.layers.Layer):
 
     Both parts are layers, so later towers swap one of them (multi-interest
     extraction, RAM/SASRec encoders) and keep the rest.
+
+    `context_specs` names the query features beyond the history that the tower
+    reads (none here); the exported query SavedModel takes exactly those inputs.
 
     Args:
         encoder: `[B, L]` item indices -> `[B, L, d]` hidden states (e.g.
@@ -38,19 +54,52 @@ class QueryTower(tf.keras.layers.Layer):
         self.encoder = encoder
         self.extraction = extraction
 
-    def call(self, history: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
+    context_specs: Dict[str, tf.TensorSpec] = {}
+
+    def call(self, features: Union[tf.Tensor, Mapping[str, tf.Tensor]],
+             training: Optional[bool] = None) -> tf.Tensor:
         """Embeds histories.
 
         Args:
-            history: `[B, L]` int item indices, left-padded with 0.
+            features: `{"history": [B, L] int item indices, left-padded with 0}` (a
+                bare `[B, L]` tensor is accepted too).
             training: Keras training flag.
 
         Returns:
             `[B, d]` (or `[B, M, d]`) float32 user vectors.
         """
+        history = history_of(features)
         hidden = self.encoder(history, training=training)
         user = self.extraction(hidden, mask=tf.not_equal(history, 0))
         return tf.cast(user, tf.float32)
+
+    @property
+    def supports_all_positions(self) -> bool:
+        """Whether one forward pass gives every prefix's vector (`encode_positions`):
+        a causal encoder read at the last position."""
+        return (getattr(self.encoder, "causal", False)
+                and getattr(self.extraction, "mode", None) == "last")
+
+    def encode_positions(self, features: Union[tf.Tensor, Mapping[str, tf.Tensor]],
+                         training: Optional[bool] = None) -> tf.Tensor:
+        """Every prefix's user vector in one pass.
+
+        Args:
+            features: As in `call`.
+            training: Keras training flag.
+
+        Returns:
+            `[B, L, d]` float32: row b, column j is the vector of the history ending
+            at column j (equal, up to float error, to `call` on that prefix).
+
+        Raises:
+            ValueError: the tower is not causal-with-last-extraction.
+        """
+        if not self.supports_all_positions:
+            raise ValueError("encode_positions needs a causal encoder and extraction "
+                             "mode 'last'; set ModelConfig.all_positions=False to train "
+                             "on per-prefix examples instead.")
+        return tf.cast(self.encoder(history_of(features), training=training), tf.float32)
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()

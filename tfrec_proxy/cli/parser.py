@@ -1,0 +1,292 @@
+"""The `tfrec-proxy` argument parser and the flag -> `RunConfig` overrides.
+
+Nothing here imports TensorFlow, NumPy or pandas, so `tfrec-proxy --help` (and the
+`config` verb) start in a fraction of a second. Choices that the library also
+defines (strategies, evaluation chunks, data sources) are repeated here for that
+reason; `tests/test_cli.py` checks that they agree.
+"""
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
+
+from tfrec_proxy.cli.histories import parse_history
+from tfrec_proxy.config import RunConfig
+from tfrec_proxy.run_format import INDEXES
+from tfrec_proxy.version import __version__
+
+DEFAULT_OUTPUT = "saved_models"
+DEFAULT_DATA_PATH = "../shared/data/ml-1m"
+# Mirrors of library constants (checked by the tests): importing their modules would
+# import TensorFlow (training) or pandas (data).
+STRATEGIES = ("default", "mirrored", "multi_worker")  # tfrec_proxy.training.STRATEGIES
+EVAL_CHUNKS = ("all", "last")  # tfrec_proxy.training.EVAL_CHUNKS
+DATA_SOURCES = ("synthetic", "file")  # data.prepare.DATA_SOURCES less "dataframe"
+FILE_FORMATS = ("auto", "movielens", "sasrec", "csv", "tsv", "parquet")  # data.loaders
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (the help names the default) and on/off switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        if action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _number(kind: Callable[[str], Any], what: str, check: Callable[[Any], bool]
+            ) -> Callable[[str], Any]:
+    """An argparse `type` parsing with `kind` and accepting values passing `check`."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, "a positive integer", lambda value: value >= 1)
+non_negative_int = _number(int, "a non-negative integer", lambda value: value >= 0)
+positive_float = _number(float, "a positive number", lambda value: 0 < value < float("inf"))
+finite_float = _number(float, "a finite number", lambda value: abs(value) < float("inf"))
+unit_interval = _number(float, "a number in [0, 1)", lambda value: 0 <= value < 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigFlag:
+    """A command-line flag that overrides one `RunConfig` field.
+
+    Attributes:
+        flag: The option string, e.g. `"--epochs"`.
+        field: Dotted field path in `RunConfig`, e.g. `"train.epochs"`.
+        help: Help text; the field's default value is appended.
+        type: argparse `type` (ignored when `const` is set).
+        choices: Allowed values.
+        const: For a switch: the value stored when the flag is given.
+    """
+
+    flag: str
+    field: str
+    help: str
+    type: Optional[Callable[[str], Any]] = None
+    choices: Optional[Sequence[str]] = None
+    const: Any = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
+    # Data.
+    ConfigFlag("--data", "data.source", "data source: the synthetic long-tail generator "
+               "or an interaction file (--data-path)", choices=DATA_SOURCES),
+    ConfigFlag("--data-path", "data.path", "interaction file or folder (ratings.dat, "
+               f"ml-1m.txt, CSV/TSV/Parquet); implies --data file (default for --data "
+               f"file: {DEFAULT_DATA_PATH})"),
+    ConfigFlag("--data-format", "data.file_format", "format of --data-path (auto: by "
+               "extension and content)", choices=FILE_FORMATS),
+    ConfigFlag("--user-column", "data.user_column", "user id column of a CSV/TSV/Parquet table"),
+    ConfigFlag("--item-column", "data.item_column", "item id column of a CSV/TSV/Parquet table"),
+    ConfigFlag("--time-column", "data.time_column", "timestamp column of a CSV/TSV/Parquet "
+               "table; '' uses the row order as time order"),
+    ConfigFlag("--num-users", "data.synthetic.num_users", "synthetic users",
+               type=positive_int),
+    ConfigFlag("--num-items", "data.synthetic.num_items", "synthetic items",
+               type=positive_int),
+    ConfigFlag("--num-clusters", "data.synthetic.num_clusters", "synthetic interest "
+               "clusters", type=positive_int),
+    ConfigFlag("--interest-skew", "data.synthetic.interest_skew", "synthetic interest "
+               "power-law exponent", type=finite_float),
+    ConfigFlag("--data-seed", "data.synthetic.seed", "seed of the synthetic dataset "
+               "(--seed does not change the data)", type=int),
+    ConfigFlag("--max-len", "data.max_len", "history length; longer sequences are split",
+               type=positive_int),
+    # Model.
+    ConfigFlag("--embedding-dim", "model.embedding_dim", "output size of both towers "
+               "(also the item tower's last layer)", type=positive_int),
+    ConfigFlag("--num-layers", "model.num_layers", "self-attention blocks in the query "
+               "tower", type=positive_int),
+    ConfigFlag("--num-heads", "model.num_heads", "attention heads per block",
+               type=positive_int),
+    ConfigFlag("--dropout", "model.dropout", "dropout rate in the query tower",
+               type=unit_interval),
+    ConfigFlag("--per-prefix", "model.all_positions", "encode every history prefix "
+               "separately instead of all positions in one causal pass", const=False),
+    # Training.
+    ConfigFlag("--epochs", "train.epochs", "maximum training epochs", type=positive_int),
+    ConfigFlag("--batch-size", "train.batch_size", "training targets per replica per step",
+               type=positive_int),
+    ConfigFlag("--learning-rate", "train.learning_rate", "Adam learning rate",
+               type=positive_float),
+    ConfigFlag("--patience", "train.early_stopping_patience", "epochs without improvement "
+               "of --monitor before stopping; 0 disables early stopping",
+               type=non_negative_int),
+    ConfigFlag("--monitor", "train.monitor", "validation metric watched by early stopping "
+               "(val_loss, val_hr@K or val_ndcg@K for K in the config's eval_ks)"),
+    ConfigFlag("--num-negatives", "train.num_negatives", "sampled negatives per "
+               "evaluation example", type=positive_int),
+    ConfigFlag("--eval-chunks", "train.eval_chunks", "evaluate every chunk's held-out "
+               "items, or only each user's last chunk", choices=EVAL_CHUNKS),
+    ConfigFlag("--seed", "train.seed", "training seed: weights, shuffling, negative "
+               "sampling (the synthetic data has --data-seed)", type=int),
+    ConfigFlag("--strategy", "train.strategy", "tf.distribute strategy", choices=STRATEGIES),
+    ConfigFlag("--mixed-precision", "train.mixed_precision", "mixed_float16 Keras policy "
+               "(GPU)", const=True),
+    ConfigFlag("--jit-compile", "train.jit_compile", "XLA-compile the train step",
+               const=True),
+    ConfigFlag("--tensorboard-dir", "train.tensorboard_dir", "write TensorBoard logs here"),
+    # Export.
+    ConfigFlag("--max-k", "export.max_k", "largest k served by the export",
+               type=positive_int),
+)
+
+
+def _field_default(path: str) -> Any:
+    value: Any = RunConfig()
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` and every `CONFIG_FLAGS` override (shared by train and config)."""
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="RunConfig JSON to start from (default: the built-in "
+                        "defaults); the flags below override it")
+    groups = {section: parser.add_argument_group(f"{section} overrides")
+              for section in ("data", "model", "train", "export")}
+    for spec in CONFIG_FLAGS:
+        default = _field_default(spec.field)
+        text = f"{spec.help} (config {spec.field}; default: {default})"
+        group = groups[spec.field.split(".")[0]]
+        if spec.const is not None:
+            group.add_argument(spec.flag, dest=spec.dest, action="store_const",
+                               const=spec.const, default=None, help=text)
+        else:
+            group.add_argument(spec.flag, dest=spec.dest, type=spec.type, choices=spec.choices,
+                               default=None, help=text,
+                               metavar=None if spec.choices else spec.dest.upper())
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The `RunConfig` of `--config` (or the defaults) with the flags applied.
+
+    Raises:
+        ValueError: the `--config` file is unreadable or holds unknown keys.
+    """
+    config = RunConfig.from_json(args.config) if args.config else RunConfig()
+    for spec in CONFIG_FLAGS:
+        value = getattr(args, spec.dest)
+        if value is None:
+            continue
+        if spec.field == "data.time_column" and value == "":
+            value = None
+        *sections, name = spec.field.split(".")
+        target: Any = config
+        for section in sections:
+            target = getattr(target, section)
+        setattr(target, name, value)
+    if args.data_path is not None:
+        config.data.source = "file"
+    if args.embedding_dim is not None:
+        units = config.model.item_hidden_units
+        config.model.item_hidden_units = tuple(units[:-1]) + (args.embedding_dim,)
+    return config
+
+
+def build_parser() -> ArgumentParser:
+    """The `tfrec-proxy` parser with its verbs."""
+    parser = ArgumentParser(
+        prog="tfrec-proxy", formatter_class=HelpFormatter,
+        description="Two-tower retrieval on TensorFlow Recommenders: train, evaluate, "
+        "export and serve runs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the tfrec_proxy version and exit")
+    verbs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def verb(name: str, help_text: str) -> ArgumentParser:
+        return verbs.add_parser(name, help=help_text, description=help_text,
+                                formatter_class=HelpFormatter)
+
+    train = verb("train", "train, evaluate and export a run")
+    add_config_flags(train)
+    train.add_argument("--output", default=DEFAULT_OUTPUT, help="parent folder of runs")
+    train.add_argument("--run-name", help="run folder name (default: run-<UTC timestamp>)")
+    train.add_argument("--no-export", action="store_true", help="train and evaluate only")
+
+    config = verb("config", "print the run config that `train` would use, as JSON (the "
+                  "defaults, or --config FILE with the same override flags as train)")
+    add_config_flags(config)
+
+    evaluate = verb("evaluate", "evaluate an exported run through its SavedModels")
+    evaluate.add_argument("--run", required=True, type=Path, help="run folder")
+    evaluate.add_argument("--data-path", help="read the data from this file instead of "
+                          "the run config's source (default: the run's data)")
+    evaluate.add_argument("--split", default="test", choices=("validation", "test"),
+                          help="held-out split to evaluate")
+    evaluate.add_argument("--eval-chunks", choices=EVAL_CHUNKS,
+                          help="every chunk's held-out items, or each user's last chunk "
+                          "only (default: the run config's train.eval_chunks)")
+    evaluate.add_argument("--no-full", action="store_true",
+                          help="skip the full-catalogue ranking metrics")
+
+    export = verb("export", "re-export a run from its weights")
+    export.add_argument("--run", required=True, type=Path, help="run folder")
+    export.add_argument("--max-k", type=positive_int,
+                        help="largest k served (default: the run config's export.max_k)")
+    export.add_argument("--output", type=Path,
+                        help="new run folder (default: replace --run in place)")
+
+    _add_recommend(verb("recommend", "top-k items for one history or a file of them"))
+
+    report = verb("report", "plot a run's results as PNG files and print their paths")
+    report.add_argument("--run", required=True, type=Path, help="run folder")
+    report.add_argument("--output", type=Path,
+                        help="folder for the PNGs (default: RUN/report)")
+    return parser
+
+
+def _add_recommend(recommend: ArgumentParser) -> None:
+    recommend.add_argument("--run", required=True, type=Path, help="run folder")
+    source = recommend.add_mutually_exclusive_group(required=True)
+    source.add_argument("--history", type=parse_history,
+                        help="comma-separated raw item ids, oldest first, e.g. 3,17,42 "
+                        "(write --history=-5,3 when the first id is negative)")
+    source.add_argument("--histories", metavar="FILE",
+                        help="one history per line, as a JSON list ([3, 17, 42]) or "
+                        "comma-separated ids; blank lines are skipped; '-' reads stdin. "
+                        "Prints one JSON object per history, in order")
+    recommend.add_argument("-k", type=positive_int, default=10, help="items per history")
+    recommend.add_argument("--index", choices=INDEXES,
+                           help="retrieval index (default: scann when the run has it, "
+                           "else brute_force)")
+    recommend.add_argument("--exclude-seen", action="store_true",
+                           help="never recommend an item of the history")
+    recommend.add_argument("--strict", action="store_true",
+                           help="fail on item ids the run does not know, instead of "
+                           "serving them through the out-of-vocabulary embedding")
+    recommend.add_argument("--batch-size", type=positive_int, default=256,
+                           help="histories per SavedModel call")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parses `argv` (default `sys.argv[1:]`); usage errors exit with status 2."""
+    return build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+
+
+__all__: List[str] = ["CONFIG_FLAGS", "ConfigFlag", "add_config_flags", "build_parser",
+                      "config_from_args", "parse_args"]

@@ -1,0 +1,143 @@
+"""Registries: model kinds and scorers by name, each with its own options dataclass.
+
+A new method is one module plus a registration: the module decorates its builder (or
+scorer class) with `MODEL_KINDS.register(...)` / `SCORERS.register(...)` and its module
+name is added to `BUILTIN_MODULES` below, so that looking a name up imports it. Build,
+restore, export and evaluation then find it by the name stored in the run's
+`config.json` (`model.kind`, `model.scorer`) and `manifest.json` (`model_kind`).
+
+This module imports neither TensorFlow nor the registered modules until a name is
+looked up, so configs can be checked cheaply.
+
+Example:
+
+    @dataclasses.dataclass
+    class MyOptions:
+        depth: int = 2
+
+    @MODEL_KINDS.register("my_kind", options=MyOptions)
+    def build_my_kind(config, options, context):
+        ...  # returns a RetrievalModel
+"""
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
+
+# Modules whose import registers the built-in kinds and scorers. A new method adds
+# its module here (one line).
+BUILTIN_MODULES: Tuple[str, ...] = (
+    "tfrec_proxy.scoring",
+    "tfrec_proxy.models",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One registered name.
+
+    Attributes:
+        name: The registered name (as written in configs and manifests).
+        target: The builder function or the class.
+        options: Dataclass of the entry's own settings, or None for none.
+    """
+
+    name: str
+    target: Callable[..., Any]
+    options: Optional[Type[Any]] = None
+
+    def parse_options(self, values: Optional[Mapping[str, Any]], where: str) -> Any:
+        """Checks `values` against the options dataclass and returns an instance.
+
+        Args:
+            values: JSON-style settings (a dict), possibly partial.
+            where: Config path for error messages, e.g. `"config.model.options"`.
+
+        Returns:
+            An instance of `options` (defaults filled in), or None when the entry
+            has no options.
+
+        Raises:
+            ValueError: unknown keys, wrong types, or settings given to an entry that
+                takes none.
+        """
+        values = dict(values or {})
+        if self.options is None:
+            if values:
+                raise ValueError(f"{where}: {self.name!r} takes no options, got "
+                                 f"{sorted(values)}.")
+            return None
+        from tfrec_proxy.config import parse_dataclass  # no TensorFlow
+        return parse_dataclass(self.options, values, where)
+
+
+def _origin(target: Callable[..., Any]) -> Tuple[Any, Any]:
+    return getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+
+
+class Registry:
+    """Names -> builders or classes, with their options dataclasses.
+
+    Args:
+        what: What the registry holds, for messages (`"model kind"`, `"scorer"`).
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._entries: Dict[str, Entry] = {}
+        self._loaded = False
+
+    def register(self, name: str, *, options: Optional[Type[Any]] = None
+                 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering a builder or class under `name`.
+
+        Raises:
+            ValueError: `name` is already registered to something else, or
+                `options` is not a dataclass.
+        """
+        if options is not None and not dataclasses.is_dataclass(options):
+            raise ValueError(f"options of {self.what} {name!r} must be a dataclass, "
+                             f"got {options!r}.")
+
+        def decorate(target: Callable[..., Any]) -> Callable[..., Any]:
+            old = self._entries.get(name)
+            # The same definition registering again (a module reloaded) is fine.
+            if old is not None and _origin(old.target) != _origin(target):
+                raise ValueError(f"{self.what} {name!r} is already registered to "
+                                 f"{old.target!r}.")
+            self._entries[name] = Entry(name, target, options)
+            return target
+
+        return decorate
+
+    def _load_builtins(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in BUILTIN_MODULES:
+                importlib.import_module(module)
+
+    def get(self, name: str) -> Entry:
+        """The entry registered as `name`.
+
+        Raises:
+            ValueError: naming the unknown name and the registered ones.
+        """
+        if name not in self._entries:
+            self._load_builtins()
+        if name not in self._entries:
+            raise ValueError(f"Unknown {self.what} {name!r}; expected one of "
+                             f"{self.names()}.")
+        return self._entries[name]
+
+    def names(self) -> List[str]:
+        """Registered names, sorted."""
+        self._load_builtins()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_builtins()
+        return name in self._entries
+
+
+MODEL_KINDS = Registry("model kind")
+SCORERS = Registry("scorer")

@@ -1,0 +1,400 @@
+"""Serving a run folder: load it, embed histories, retrieve top-k items.
+
+`load_run` is the one loader for every run kind; it checks the manifest (format
+version, every listed file) and refuses incomplete folders. Importing this module
+registers ScaNN's custom TensorFlow ops, which the ScaNN SavedModel needs.
+"""
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from tfrec_proxy._checks import check_positive_int
+from tfrec_proxy._tf import tf
+from tfrec_proxy.config import RunConfig
+from tfrec_proxy.data.vocab import Vocabulary
+from tfrec_proxy.run_format import MIN_SCANN_CANDIDATES, PAD_ID, read_manifest
+
+try:
+    # Importing scann_ops registers the `Scann>*` custom ops; they must be registered
+    # before `tf.saved_model.load` reads a ScaNN SavedModel ("Op type not registered").
+    from scann import scann_ops  # noqa: F401
+except ImportError as error:  # pragma: no cover - scann is a pinned dependency
+    raise ImportError("tfrec_proxy needs scann==1.4.2 (pip install scann==1.4.2).") from error
+
+
+Histories = Union[Sequence[int], Sequence[Sequence[int]]]
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_LISTED = 10  # ids or histories named in one message
+
+
+class HistoryError(ValueError):
+    """A bad history in a batch; `row` is its position in the batch.
+
+    Attributes:
+        row: 0-based position of the history in the batch.
+        detail: What is wrong with it (the message without the `history N:` prefix).
+    """
+
+    def __init__(self, row: int, detail: str) -> None:
+        super().__init__(f"history {row}: {detail}")
+        self.row = row
+        self.detail = detail
+
+
+class UnknownItemsWarning(UserWarning):
+    """History item ids the run's vocabulary lacks, served as out-of-vocabulary."""
+
+
+class SavedScorer:
+    """A run's scorer, applied through its query SavedModel's signatures.
+
+    Same interface as `tfrec_proxy.scoring.Scorer` (`score_matrix`,
+    `score_candidates`), so evaluation of an exported run uses exactly the scorer (and
+    its trained weights) that the run serves with.
+    """
+
+    def __init__(self, query_model: Any) -> None:
+        self._matrix = query_model.signatures["score_matrix"]
+        self._candidates = query_model.signatures["score_candidates"]
+
+    def score_matrix(self, queries: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
+        """`[B, (M,) d]` x `[C, d]` -> `[B, C]`."""
+        return self._matrix(queries=tf.cast(queries, tf.float32),
+                            candidates=tf.cast(candidates, tf.float32))["scores"]
+
+    def score_candidates(self, queries: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
+        """`[B, (M,) d]` x `[B, K, d]` -> `[B, K]`."""
+        return self._candidates(queries=tf.cast(queries, tf.float32),
+                                candidates=tf.cast(candidates, tf.float32))["scores"]
+
+
+class Run:
+    """A loaded run folder: embed histories and retrieve top-k items.
+
+    Load with `load_run(path)`. Histories are raw item ids, oldest first (-1 is
+    padding); ids the run's vocabulary lacks map to the out-of-vocabulary embedding
+    and are counted in an `UnknownItemsWarning` (`strict=True` makes them errors;
+    `unknown_ids` lists them).
+    """
+
+    def __init__(self, run_dir: Union[str, Path]) -> None:
+        self.path = Path(run_dir)
+        self.manifest = read_manifest(self.path)
+        self.config = RunConfig.from_json(self.path / "config.json")
+        self.vocab = Vocabulary.load(self.path / "vocabulary.json")
+        with np.load(self.path / "candidates.npz") as candidates:
+            self.candidate_ids = candidates["ids"]
+            self.candidate_embeddings = candidates["embeddings"]
+        self._query_model = tf.saved_model.load(str(self.path / "query_model"))
+        self.scorer = SavedScorer(self._query_model)
+        self._indexes: Dict[str, Any] = {}
+
+    @property
+    def model_kind(self) -> str:
+        """The registered model kind that produced this run."""
+        return str(self.manifest.get("model_kind", "two_tower"))
+
+    @property
+    def max_k(self) -> int:
+        return int(self.manifest["max_k"])
+
+    @property
+    def indexes(self) -> List[str]:
+        """The retrieval indexes this run has, best first (`"scann"`, `"brute_force"`)."""
+        return list(self.manifest["indexes"])
+
+    @property
+    def default_index(self) -> str:
+        """ScaNN when the run has it, else brute force."""
+        return self.indexes[0]
+
+    def _index(self, name: Optional[str]) -> Any:
+        name = name or self.default_index
+        if name not in self.indexes:
+            raise ValueError(f"Index {name!r} is not in this run; it has {self.indexes} "
+                             f"(ScaNN needs at least {MIN_SCANN_CANDIDATES} candidates).")
+        if name not in self._indexes:
+            self._indexes[name] = tf.saved_model.load(str(self.path / "retrieval" / name))
+        return self._indexes[name]
+
+    def unknown_ids(self, histories: Histories) -> List[List[int]]:
+        """The item ids of each history that the run's vocabulary does not know.
+
+        Args:
+            histories: One history (a sequence of raw item ids) or a batch of them.
+
+        Returns:
+            One list per history: its distinct unknown ids in order of first
+            appearance (padding, -1, is not an id). Unknown ids are served through
+            the out-of-vocabulary embedding.
+
+        Raises:
+            ValueError: a history is empty, only padding, or holds a bad id.
+        """
+        return self._unknown(_as_batch(histories))
+
+    def check_histories(self, histories: Histories, k: int = 10, *,
+                        exclude_seen: bool = False, strict: bool = False
+                        ) -> List[List[int]]:
+        """Checks a `recommend` request without running it.
+
+        Raises every error `recommend` would raise for the same arguments (the index
+        name aside), so a caller can validate a whole input before serving any of it.
+
+        Returns:
+            `unknown_ids(histories)`.
+
+        Raises:
+            ValueError: a bad k or id (see `recommend`); `HistoryError` (a
+                ValueError) names the history at fault.
+        """
+        batch = _as_batch(histories)
+        self._check_k(k)
+        unknown = self._unknown(batch)
+        if strict:
+            _raise_unknown(unknown, len(self.vocab.ids))
+        if exclude_seen:
+            self._check_room(self._seen(batch, unknown), k)
+        return unknown
+
+    def histories_to_tensor(self, histories: Histories, strict: bool = False) -> tf.Tensor:
+        """Validates raw-id histories and pads them with -1 into `[B, L]` int64.
+
+        Unknown ids are kept (the SavedModel maps them to the OOV bucket) and counted
+        in an `UnknownItemsWarning`, unless `strict`.
+
+        Args:
+            histories: One history (a sequence of item ids) or a batch of them.
+            strict: Raise `ValueError` naming any id the run's vocabulary lacks.
+
+        Raises:
+            ValueError: an empty history, one of only padding (-1), an id that is NaN,
+                not an integer or outside int64, or (with `strict`) an unknown id.
+        """
+        return tf.constant(self._prepare(_as_batch(histories), strict)[0])
+
+    def embed_padded(self, histories: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Query embeddings of already padded raw-id histories, through the SavedModel.
+
+        Args:
+            histories: `[B, L]` int64 raw item ids, -1 = padding.
+            batch_size: Histories per SavedModel call.
+
+        Returns:
+            `[B, d]` float32 (or `[B, M, d]` for multi-interest runs).
+        """
+        serve = self._query_model.signatures["serving_default"]
+        return np.concatenate([
+            serve(history=tf.constant(histories[start:start + batch_size], tf.int64))
+            ["embedding"].numpy() for start in range(0, len(histories), batch_size)])
+
+    def embed(self, histories: Histories, strict: bool = False) -> np.ndarray:
+        """Query embeddings of raw-id histories.
+
+        Args:
+            histories: One history or a batch (see `histories_to_tensor`).
+            strict: Raise `ValueError` naming any id the run's vocabulary lacks.
+
+        Returns:
+            `[B, d]` float32 (or `[B, M, d]` for multi-interest runs).
+        """
+        return self.embed_padded(self._prepare(_as_batch(histories), strict)[0])
+
+    def recommend(self, histories: Histories, k: int = 10, index: Optional[str] = None, *,
+                  exclude_seen: bool = False, strict: bool = False
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-k items for each history.
+
+        Args:
+            histories: One history (sequence of raw item ids, oldest first; -1 is
+                padding) or a batch of them.
+            k: Number of items to return, `1 <= k <= max_k` (fixed at export).
+            index: `"scann"` (approximate) or `"brute_force"` (exact); default the
+                run's first index (ScaNN when the catalogue has one).
+            exclude_seen: Never return an item of the history: the index is asked
+                for k + (distinct catalogue items in the history) items, at most
+                `max_k`, and the seen ones are dropped (TFRS `query_with_exclusions`).
+            strict: Raise `ValueError` naming any id the run's vocabulary lacks;
+                otherwise unknown ids map to the out-of-vocabulary embedding and an
+                `UnknownItemsWarning` counts them (and names histories with no known
+                id, whose items then come from that embedding alone).
+
+        Returns:
+            `(ids, scores)`: int64 `[B, k]` raw item ids and float32 `[B, k]` scores,
+            best first.
+
+        Raises:
+            ValueError: k out of range; a history that is empty, only padding, or has a
+                bad id; with `strict` an unknown id; with `exclude_seen` a history
+                whose k + seen items exceed `max_k`. `HistoryError` (a ValueError)
+                names the history at fault.
+        """
+        self._check_k(k)
+        batch = _as_batch(histories)
+        retrieval = self._index(index)
+        padded, unknown = self._prepare(batch, strict)
+        if not exclude_seen:
+            return self._retrieve(retrieval, padded, k)
+        seen = self._seen(batch, unknown)
+        fetch = self._check_room(seen, k)
+        ids, scores = self._retrieve(retrieval, padded, fetch)
+        keep = np.array([[item not in row_seen for item in row]
+                         for row, row_seen in zip(ids.tolist(), seen)], dtype=bool)
+        # Unseen items first, each group in score order; every row has >= k unseen.
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        return (np.take_along_axis(ids, order, axis=1),
+                np.take_along_axis(scores, order, axis=1))
+
+    def _check_k(self, k: int) -> None:
+        check_positive_int("k", k)
+        if k > len(self.candidate_ids):
+            raise ValueError(f"k={k} exceeds the catalogue size ({len(self.candidate_ids)} "
+                             "items); choose a smaller k.")
+        if k > self.max_k:
+            raise ValueError(f"k={k} exceeds max_k={self.max_k} fixed when this run was "
+                             "exported; re-export with a larger --max-k.")
+
+    def _retrieve(self, retrieval: Any, padded: np.ndarray, k: int
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+        result = retrieval.signatures["serving_default"](
+            history=tf.constant(padded, tf.int64), k=tf.constant(k, tf.int32))
+        return result["ids"].numpy(), result["scores"].numpy()
+
+    def _unknown(self, batch: List[List[int]]) -> List[List[int]]:
+        flat = np.fromiter((i for history in batch for i in history), np.int64)
+        unknown = (self.vocab.lookup(flat) == Vocabulary.OOV) & (flat != PAD_ID)
+        rows = np.split(unknown, np.cumsum([len(history) for history in batch])[:-1])
+        return [list(dict.fromkeys(np.asarray(history)[mask].tolist()))
+                for history, mask in zip(batch, rows)]
+
+    @staticmethod
+    def _seen(batch: List[List[int]], unknown: List[List[int]]) -> List[set]:
+        """Each history's distinct catalogue items (its known ids)."""
+        return [set(history) - set(row_unknown) - {PAD_ID}
+                for history, row_unknown in zip(batch, unknown)]
+
+    def _check_room(self, seen: List[set], k: int) -> int:
+        """Items to fetch so that k unseen ones remain; raises when above max_k."""
+        fetch = [k + len(row_seen) for row_seen in seen]
+        for row, needed in enumerate(fetch):
+            if needed > self.max_k:
+                raise HistoryError(
+                    row, f"exclude_seen needs k + seen items = {k} + {len(seen[row])} = "
+                    f"{needed} results, more than max_k={self.max_k} fixed when this run "
+                    "was exported; ask for a smaller k, or re-export with a larger "
+                    "--max-k (tfrec-proxy export --run DIR --max-k N).")
+        return max(fetch)
+
+    def _prepare(self, batch: List[List[int]], strict: bool
+                 ) -> Tuple[np.ndarray, List[List[int]]]:
+        """Checks unknown ids (raise or warn) and left-pads the batch with -1."""
+        unknown = self._unknown(batch)
+        if strict:
+            _raise_unknown(unknown, len(self.vocab.ids))
+        else:
+            _warn_unknown(batch, unknown)
+        width = max(len(history) for history in batch)
+        padded = np.full((len(batch), width), PAD_ID, np.int64)
+        for row, history in enumerate(batch):
+            padded[row, width - len(history):] = history
+        return padded, unknown
+
+
+def _listed(values: Sequence[Any]) -> str:
+    shown = ", ".join(str(value) for value in values[:_LISTED])
+    more = f", ... ({len(values) - _LISTED} more)" if len(values) > _LISTED else ""
+    return f"[{shown}{more}]"
+
+
+def _raise_unknown(unknown: List[List[int]], vocab_items: int) -> None:
+    for row, ids in enumerate(unknown):
+        if ids:
+            raise HistoryError(
+                row, f"item id(s) {_listed(ids)} are not in the run's vocabulary "
+                f"({vocab_items} items); remove them, or pass strict=False (CLI: leave out "
+                "--strict) to serve them through the out-of-vocabulary embedding.")
+
+
+def _warn_unknown(batch: List[List[int]], unknown: List[List[int]]) -> None:
+    distinct = set().union(*unknown)
+    if not distinct:
+        return
+    blind = [row for row, (history, ids) in enumerate(zip(batch, unknown))
+             if set(history) - {PAD_ID} <= set(ids)]
+    message = (f"{len(distinct)} item id(s) {_listed(sorted(distinct))} in "
+               f"{sum(map(bool, unknown))} of {len(batch)} histories are not in the run's "
+               "vocabulary; they were mapped to the out-of-vocabulary embedding.")
+    if blind:
+        message += (f" Histories {_listed(blind)} have no known item id, so their "
+                    "recommendations come from that embedding alone (mostly popular items).")
+    # stacklevel 4: _warn_unknown <- _prepare <- Run method <- the caller.
+    warnings.warn(message, UnknownItemsWarning, stacklevel=4)
+
+
+def _as_batch(histories: Any) -> List[List[int]]:
+    """Normalises one history or a batch to int lists; `HistoryError` names a bad one."""
+    if isinstance(histories, (str, bytes)) or not isinstance(histories, Iterable):
+        raise ValueError(f"history must be a sequence of integer item ids, got {histories!r}.")
+    histories = list(histories)
+    if not histories:
+        raise ValueError("history is empty; expected at least one item id.")
+    if not any(isinstance(h, (list, tuple, np.ndarray)) for h in histories):
+        histories = [histories]
+    batch = []
+    for row, history in enumerate(histories):
+        if isinstance(history, (str, bytes)) or not isinstance(history, Iterable):
+            raise HistoryError(row, f"expected a sequence of item ids, got {history!r}.")
+        ids = [_as_item_id(value, row) for value in history]
+        if not ids:
+            raise HistoryError(row, "empty; expected at least one item id.")
+        if all(value == PAD_ID for value in ids):
+            raise HistoryError(row, f"only padding ({PAD_ID}); expected at least one item "
+                               f"id ({PAD_ID} marks padding).")
+        batch.append(ids)
+    return batch
+
+
+def _as_item_id(value: Any, row: int) -> int:
+    """One raw item id as a Python int in the int64 range."""
+    if isinstance(value, (bool, np.bool_)):
+        raise HistoryError(row, f"item id {value!r} is a boolean; expected an integer.")
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            raise HistoryError(row, "item id is NaN; expected an integer.")
+        if not float(value).is_integer():
+            raise HistoryError(row, f"item id {value!r} is not an integer; expected an "
+                               "integer item id.")
+        value = int(value)
+    if not isinstance(value, (int, np.integer)):
+        raise HistoryError(row, f"item id {value!r} is not an integer; expected an integer "
+                           "item id.")
+    value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise HistoryError(row, f"item id {value} is outside the int64 range "
+                           f"[{INT64_MIN}, {INT64_MAX}]; expected an int64 item id.")
+    return value
+
+
+def load_run(run_dir: Union[str, Path]) -> Run:
+    """Loads a run folder (any run kind) written by `export_run`.
+
+    Raises:
+        RunFormatError: the folder is missing, incomplete or of an unknown format.
+    """
+    return Run(run_dir)
+
+
+def recommend(run_dir: Union[str, Path], history: Sequence[int], k: int = 10,
+              index: Optional[str] = None, *, exclude_seen: bool = False,
+              strict: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Loads a run and returns `(ids [k], scores [k])` for one raw-id history.
+
+    `exclude_seen` and `strict` are as in `Run.recommend`.
+    """
+    ids, scores = load_run(run_dir).recommend([list(history)], k=k, index=index,
+                                              exclude_seen=exclude_seen, strict=strict)
+    return ids[0], scores[0]
