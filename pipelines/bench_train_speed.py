@@ -16,7 +16,7 @@ the test split). The last line printed is `speed ratio vs plain TFRS: X` (median
 timed epochs of ours / median of plain TFRS's).
 
 Usage:
-    python pipelines/bench_train_speed.py --quick                 # synthetic, ~2 min
+    python pipelines/bench_train_speed.py --quick                 # synthetic, ~1 min
     python pipelines/bench_train_speed.py --data-path ../shared/data/ml-1m/ml-1m.txt
 """
 
@@ -85,10 +85,10 @@ def _evaluate(queries, items, data, ks=(5, 20)) -> Dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="small synthetic data and 3 epochs (a smoke-sized run)")
+                        help="small synthetic data, 8 epochs (about a minute)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
     parser.add_argument("--data-path", help="interaction file (default: synthetic data)")
-    parser.add_argument("--epochs", type=int, default=None, help="default 3 (quick) or 4")
+    parser.add_argument("--epochs", type=int, default=None, help="default 8 (--quick) or 5")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1024, help="targets per step")
     parser.add_argument("--max-len", type=int, default=50)
@@ -102,7 +102,7 @@ def main() -> None:
         synthetic = config.data.synthetic
         synthetic.num_users, synthetic.num_items, synthetic.seq_len = (
             (60, 100, 20) if args.tiny else (600, 1000, 50) if args.quick else (4000, 3000, 100))
-    epochs = args.epochs or (2 if args.tiny else 3 if args.quick else 4)
+    epochs = args.epochs or (2 if args.tiny else 8 if args.quick else 5)
     if args.tiny:
         args.dim, args.batch_size, args.max_len = 8, 64, 20
         config.data.max_len = args.max_len

@@ -290,13 +290,17 @@ def test_recommend_bad_ids_in_a_file_name_the_line(trained_run, tmp_path, capsys
     assert "h.txt line 3: item id 99999999999999999999 is outside the int64 range" in err
 
 
-def test_recommend_stderr_is_quiet(trained_run):
+def test_export_and_recommend_keep_stderr_quiet(trained_run, tmp_path):
+    # No TF_CPP_MIN_LOG_LEVEL: no CUDA probing, TensorFlow or ScaNN (absl) lines.
+    target = str(tmp_path / "again")
     out = _python("import sys\nfrom tfrec_proxy.cli import main\n"
-                  f"sys.exit(main(['recommend', '--run', {str(trained_run[1])!r}, "
-                  "'--history', '3,17', '-k', '3']))")
+                  f"assert main(['export', '--run', {str(trained_run[1])!r}, '--output', "
+                  f"{target!r}]) == 0\n"
+                  f"sys.exit(main(['recommend', '--run', {target!r}, '--history', '3,17', "
+                  "'-k', '3']))")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stderr == ""
-    assert len(json.loads(out.stdout)["items"]) == 3
+    assert len(json.loads(out.stdout.strip().splitlines()[-1])["items"]) == 3
 
 
 @pytest.mark.parametrize("preset, quiet", [(None, True), ("3", True), ("2", True),

@@ -30,6 +30,9 @@ def test_run_folder_layout(trained_run):
                  "retrieval/brute_force/saved_model.pb", "candidates.npz", "metrics.json"):
         assert (run_dir / name).exists(), name
     assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".")]
+    # Readable by a server running as another user (mkdtemp alone gives 0700).
+    assert run_dir.stat().st_mode & 0o777 == 0o755
+    assert all(path.stat().st_mode & 0o004 for path in run_dir.rglob("*"))
 
 
 def test_reloaded_embeddings_and_topk_equal_in_memory_model(trained_run):

@@ -231,3 +231,53 @@ def test_is_chief_reads_the_cluster_role():
     assert is_chief(Strategy(Resolver("chief", 0, with_chief)))
     assert not is_chief(Strategy(Resolver("worker", 0, with_chief)))
     assert is_chief(tf.distribute.get_strategy())
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_proxy_tests")
+class HourQueryTower(QueryTower):
+    """Toy query tower with a context feature: the hour of the request shifts the
+    user vector by a learnt per-hour embedding."""
+
+    context_specs = {"hour": tf.TensorSpec([None], tf.int64)}
+
+    def __init__(self, encoder, extraction, **kwargs):
+        super().__init__(encoder, extraction, **kwargs)
+        self.hour_embedding = tf.keras.layers.Embedding(24, encoder.dim)
+
+    def call(self, features, training=None):
+        user = super().call(features, training=training)
+        hour = features.get("hour") if isinstance(features, dict) else None
+        if hour is None:
+            hour = tf.zeros(tf.shape(user)[:1], tf.int64)
+        return user + self.hour_embedding(hour)
+
+
+@MODEL_KINDS.register("test_hour")
+def build_hour(config: ModelConfig, options: None, context: BuildContext):
+    from tfrec_proxy.layers.encoders import SelfAttentionEncoder
+    from tfrec_proxy.layers.extraction import SequenceExtraction
+    encoder = SelfAttentionEncoder(context.vocab_size, config.embedding_dim, context.max_len,
+                                   num_layers=1, num_heads=1, name="encoder")
+    query = HourQueryTower(encoder, SequenceExtraction("last"), name="query_tower")
+    candidates = ItemTower(context.vocab_size, config.item_hidden_units, name="candidate_tower")
+    return assemble(config, context, query, candidates)
+
+
+def test_query_context_features_reach_the_saved_models(tmp_path):
+    model, vocab, run = _exported(tmp_path, _model_config(kind="test_hour"))
+    assert run.manifest["query_features"] == ["history", "hour"]
+    assert run.context_features == ["hour"]
+    histories = [[100, 101], [100, 101]]
+    hours = np.array([3, 17])
+    queries = run.embed(histories, context={"hour": hours})
+    expected = model.query_tower({"history": tf.constant([[0, 0, 0, 2, 3]] * 2),
+                                  "hour": tf.constant(hours)}).numpy()
+    np.testing.assert_allclose(queries, expected, atol=1e-5)
+    assert not np.allclose(queries[0], queries[1])  # the hour changes the query
+    ids, _ = run.recommend(histories, k=5, index="brute_force", context={"hour": hours})
+    exact = queries @ run.candidate_embeddings.T
+    np.testing.assert_array_equal(ids, _exact_top(exact, vocab.ids, 5)[0])
+    with pytest.raises(ValueError, match=r"takes context features \['hour'\]; got \[\]"):
+        run.recommend(histories, k=5)
+    with pytest.raises(ValueError, match="one value per history"):
+        run.recommend(histories, k=5, context={"hour": [1]})

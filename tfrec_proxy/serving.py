@@ -8,7 +8,7 @@ registers ScaNN's custom TensorFlow ops, which the ScaNN SavedModel needs.
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -177,35 +177,66 @@ class Run:
         """
         return tf.constant(self._prepare(_as_batch(histories), strict)[0])
 
-    def embed_padded(self, histories: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    @property
+    def context_features(self) -> List[str]:
+        """Query inputs besides the history that this run's SavedModels take."""
+        return [name for name in self.manifest.get("query_features", ["history"])
+                if name != "history"]
+
+    def _context(self, context: Optional[Mapping[str, Any]], rows: int, start: int = 0,
+                 stop: Optional[int] = None) -> Dict[str, tf.Tensor]:
+        """The context tensors for rows `start:stop`, checked against the run's inputs."""
+        context = dict(context or {})
+        expected = self.context_features
+        if sorted(context) != sorted(expected):
+            raise ValueError(f"This run's query model takes context features {expected}; "
+                             f"got {sorted(context)}.")
+        tensors = {}
+        for name, values in context.items():
+            values = np.asarray(values)
+            if values.ndim == 0 or len(values) != rows:
+                raise ValueError(f"context feature {name!r} needs one value per history "
+                                 f"({rows}); got shape {values.shape}.")
+            tensors[name] = tf.constant(values[start:stop])
+        return tensors
+
+    def embed_padded(self, histories: np.ndarray, batch_size: int = 4096,
+                     context: Optional[Mapping[str, Any]] = None) -> np.ndarray:
         """Query embeddings of already padded raw-id histories, through the SavedModel.
 
         Args:
             histories: `[B, L]` int64 raw item ids, -1 = padding.
             batch_size: Histories per SavedModel call.
+            context: The run's context features (`context_features`), `[B, ...]` each.
 
         Returns:
             `[B, d]` float32 (or `[B, M, d]` for multi-interest runs).
         """
         serve = self._query_model.signatures["serving_default"]
+        self._context(context, len(histories))  # checks names and lengths once
         return np.concatenate([
-            serve(history=tf.constant(histories[start:start + batch_size], tf.int64))
+            serve(history=tf.constant(histories[start:start + batch_size], tf.int64),
+                  **self._context(context, len(histories), start, start + batch_size))
             ["embedding"].numpy() for start in range(0, len(histories), batch_size)])
 
-    def embed(self, histories: Histories, strict: bool = False) -> np.ndarray:
+    def embed(self, histories: Histories, strict: bool = False,
+              context: Optional[Mapping[str, Any]] = None) -> np.ndarray:
         """Query embeddings of raw-id histories.
 
         Args:
             histories: One history or a batch (see `histories_to_tensor`).
             strict: Raise `ValueError` naming any id the run's vocabulary lacks.
+            context: The run's context features, one value per history.
 
         Returns:
             `[B, d]` float32 (or `[B, M, d]` for multi-interest runs).
         """
-        return self.embed_padded(self._prepare(_as_batch(histories), strict)[0])
+        return self.embed_padded(self._prepare(_as_batch(histories), strict)[0],
+                                 context=context)
 
     def recommend(self, histories: Histories, k: int = 10, index: Optional[str] = None, *,
-                  exclude_seen: bool = False, strict: bool = False
+                  exclude_seen: bool = False, strict: bool = False,
+                  context: Optional[Mapping[str, Any]] = None
                   ) -> Tuple[np.ndarray, np.ndarray]:
         """Top-k items for each history.
 
@@ -222,6 +253,8 @@ class Run:
                 otherwise unknown ids map to the out-of-vocabulary embedding and an
                 `UnknownItemsWarning` counts them (and names histories with no known
                 id, whose items then come from that embedding alone).
+            context: Values of the run's context features (`context_features`, e.g.
+                a timestamp or user id per history), when its query tower takes any.
 
         Returns:
             `(ids, scores)`: int64 `[B, k]` raw item ids and float32 `[B, k]` scores,
@@ -237,11 +270,12 @@ class Run:
         batch = _as_batch(histories)
         retrieval = self._index(index)
         padded, unknown = self._prepare(batch, strict)
+        context = self._context(context, len(batch))
         if not exclude_seen:
-            return self._retrieve(retrieval, padded, k)
+            return self._retrieve(retrieval, padded, k, context)
         seen = self._seen(batch, unknown)
         fetch = self._check_room(seen, k)
-        ids, scores = self._retrieve(retrieval, padded, fetch)
+        ids, scores = self._retrieve(retrieval, padded, fetch, context)
         keep = np.array([[item not in row_seen for item in row]
                          for row, row_seen in zip(ids.tolist(), seen)], dtype=bool)
         # Unseen items first, each group in score order; every row has >= k unseen.
@@ -258,10 +292,12 @@ class Run:
             raise ValueError(f"k={k} exceeds max_k={self.max_k} fixed when this run was "
                              "exported; re-export with a larger --max-k.")
 
-    def _retrieve(self, retrieval: Any, padded: np.ndarray, k: int
+    def _retrieve(self, retrieval: Any, padded: np.ndarray, k: int,
+                  context: Optional[Dict[str, tf.Tensor]] = None
                   ) -> Tuple[np.ndarray, np.ndarray]:
         result = retrieval.signatures["serving_default"](
-            history=tf.constant(padded, tf.int64), k=tf.constant(k, tf.int32))
+            history=tf.constant(padded, tf.int64), k=tf.constant(k, tf.int32),
+            **(context or {}))
         return result["ids"].numpy(), result["scores"].numpy()
 
     def _unknown(self, batch: List[List[int]]) -> List[List[int]]:

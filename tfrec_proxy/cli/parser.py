@@ -2,8 +2,8 @@
 
 Nothing here imports TensorFlow, NumPy or pandas, so `tfrec-proxy --help` (and the
 `config` verb) start in a fraction of a second. Choices that the library also
-defines (strategies, evaluation chunks, data sources) are repeated here for that
-reason; `tests/test_cli.py` checks that they agree.
+defines (strategies, evaluation chunks, data sources, file formats) are repeated here
+for that reason; `tests/test_cli.py` checks that they agree.
 """
 
 import argparse
