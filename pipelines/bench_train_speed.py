@@ -6,8 +6,11 @@ training targets per step, histories of 50):
 * plain TFRS: `tf.keras` GRU over the history as the query tower, an id embedding as
   the candidate tower, `tfrs.tasks.Retrieval` with `candidate_sampling_probability`
   (in-batch softmax with logQ), one example per prefix;
-* tfrec_proxy's baseline (`tfrec_proxy.training.train` defaults: causal self-attention
-  encoded once per sequence, loss at every position, the same logQ softmax).
+* tfrec_proxy's baseline through `tfrec_proxy.training.train`: causal self-attention
+  (2 layers x 4 heads) encoded once per sequence, loss at every position, the same logQ
+  softmax; at d = 64 with Adam 0.003, no dropout and an id embedding + one linear layer
+  as item tower (`--learning-rate`, `--dropout`, `--item-mlp` change them; the library
+  defaults are the IDW paper's d = 16 settings).
 
 Throughput is counted per training target (examples/s); epochs after the first are
 timed (the first includes tracing). Both are then evaluated with the same protocol
@@ -92,6 +95,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1024, help="targets per step")
     parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--ours-epochs", type=int, default=None,
+                        help="epochs of tfrec_proxy's model (default: --epochs); e.g. the "
+                             "number that takes plain TFRS's training time")
+    parser.add_argument("--learning-rate", type=float, default=0.003,
+                        help="Adam learning rate of tfrec_proxy's model (plain TFRS: 0.01)")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="dropout of tfrec_proxy's query tower")
+    parser.add_argument("--item-mlp", action="store_true",
+                        help="tfrec_proxy's item tower as a 2-layer MLP (d, d) instead of "
+                             "an id embedding + one linear layer (d,)")
     args = parser.parse_args()
 
     config = RunConfig()
@@ -107,19 +120,22 @@ def main() -> None:
         args.dim, args.batch_size, args.max_len = 8, 64, 20
         config.data.max_len = args.max_len
     config.model.embedding_dim = args.dim
-    config.model.item_hidden_units = (args.dim, args.dim)
+    config.model.item_hidden_units = (args.dim, args.dim) if args.item_mlp else (args.dim,)
+    config.model.dropout = args.dropout
     config.train.batch_size = args.batch_size
-    config.train.epochs = epochs
+    config.train.learning_rate = args.learning_rate
+    config.train.epochs = args.ours_epochs or epochs
     config.train.early_stopping_patience = 0
 
     data = prepare_data(config.data)
     targets = len(data.split.train)
     print(f"data: {data.summary()}; {targets} training targets per epoch; d={args.dim}, "
-          f"{args.batch_size} targets/step, history {args.max_len}, {epochs} epochs")
+          f"{args.batch_size} targets/step, history {args.max_len}; plain TFRS {epochs} "
+          f"epochs, tfrec_proxy {config.train.epochs} epochs")
 
     tf.keras.utils.set_random_seed(0)
     plain = PlainTfrsModel(data.vocab.size, args.dim, data.sampling_probability)
-    plain.compile(optimizer=tf.keras.optimizers.Adam(config.train.learning_rate))
+    plain.compile(optimizer=tf.keras.optimizers.Adam(0.01))
     plain_timer = EpochTimer()
     plain.fit(make_dataset(data.split.train, args.batch_size, shuffle=True), epochs=epochs,
               callbacks=[plain_timer], verbose=0)
@@ -136,7 +152,7 @@ def main() -> None:
 
     for name, rates, metrics in (("plain TFRS (GRU, per prefix)", plain_rates, plain_metrics),
                                  ("tfrec_proxy baseline", ours_rates, ours_metrics)):
-        print(f"{name}: examples/s min {min(rates):,.0f} / median "
+        print(f"{name}: {len(rates) + 1} epochs, examples/s min {min(rates):,.0f} / median "
               f"{statistics.median(rates):,.0f}; test sampled HR@20 "
               f"{metrics['sampled/hr@20']:.4f} NDCG@20 {metrics['sampled/ndcg@20']:.4f}; "
               f"full HR@20 {metrics['full/hr@20']:.4f} NDCG@20 {metrics['full/ndcg@20']:.4f}; "

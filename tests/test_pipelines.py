@@ -13,7 +13,8 @@ def test_configs_parse_and_build():
     from tfrec_proxy.models import build_model
 
     paths = sorted((PIPELINES / "configs").glob("*.json"))
-    assert [p.name for p in paths] == ["ml1m_sur.json", "synthetic_default.json"]
+    assert [p.name for p in paths] == ["ml1m_d64.json", "ml1m_sur.json",
+                                       "synthetic_default.json"]
     for path in paths:
         config = RunConfig.from_json(path)
         build_model(config.model, vocab_size=10, max_len=config.data.max_len)
@@ -53,3 +54,17 @@ def test_bench_train_speed_smoke():
     ratio = out.stdout.strip().splitlines()[-1]
     assert ratio.startswith("speed ratio vs plain TFRS: ")
     assert float(ratio.rsplit(" ", 1)[1]) > 0
+
+
+def test_sweep_baseline_smoke(tmp_path):
+    from conftest import tiny_config
+
+    config = tiny_config(epochs=1)
+    config.to_json(tmp_path / "tiny.json")
+    out = subprocess.run(
+        [sys.executable, str(PIPELINES / "sweep_baseline.py"), "--config",
+         str(tmp_path / "tiny.json"), "--set", "train.learning_rate=0.003;model.dropout=0.0"],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("[train.learning_rate=0.003;model.dropout=0.0]") and "1 epochs" in line
