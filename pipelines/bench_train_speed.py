@@ -124,6 +124,9 @@ def main() -> None:
     config.model.dropout = args.dropout
     config.train.batch_size = args.batch_size
     config.train.learning_rate = args.learning_rate
+    # Exactly --batch-size targets per step for both models (equal batches), however
+    # few sequences that is.
+    config.train.min_sequences_per_batch = 1
     config.train.epochs = args.ours_epochs or epochs
     config.train.early_stopping_patience = 0
 

@@ -19,6 +19,7 @@ def tiny_config(**train_overrides) -> RunConfig:
     config.model.num_heads = 2
     config.train.epochs = 2
     config.train.batch_size = 64
+    config.train.min_sequences_per_batch = 8  # tiny data: 150 sequences
     config.train.early_stopping_patience = 0
     config.export.max_k = 20
     for name, value in train_overrides.items():

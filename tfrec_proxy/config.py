@@ -132,6 +132,11 @@ class TrainConfig:
             stopping; 0 disables early stopping.
         monitor: Validation metric to watch (`val_hr@20`, `val_ndcg@20`, `val_loss`).
         eval_ks: Cut-offs for HR@k / NDCG@k.
+        min_sequences_per_batch: With `ModelConfig.all_positions`, the fewest
+            sequences a step holds, even when that is more than `batch_size` targets:
+            every in-batch negative comes from these sequences, and too few users per
+            step starve the tail (on the synthetic default, 9 sequences per step
+            halved full-ranking tail HR@20 against 76; see BENCHMARKS.md).
         num_negatives: Sampled negatives per evaluation example (IDW: 99); a user
             with fewer eligible items gets fewer, with a warning.
         eval_chunks: `"all"` evaluates every chunk's held-out items (IDW §4.1);
@@ -151,6 +156,7 @@ class TrainConfig:
     early_stopping_patience: int = 3
     monitor: str = "val_ndcg@20"
     eval_ks: Tuple[int, ...] = (5, 20)
+    min_sequences_per_batch: int = 64
     num_negatives: int = 99
     eval_chunks: str = "all"
     seed: int = 0

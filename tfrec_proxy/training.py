@@ -105,6 +105,9 @@ def check_train_config(train: TrainConfig) -> None:
     if train.eval_chunks not in EVAL_CHUNKS:
         raise ValueError(f"Unknown eval_chunks {train.eval_chunks!r}; expected one of "
                          f"{EVAL_CHUNKS}.")
+    if train.min_sequences_per_batch < 1:
+        raise ValueError(f"min_sequences_per_batch must be >= 1, got "
+                         f"{train.min_sequences_per_batch}.")
     if train.num_negatives < 1:
         raise ValueError(f"num_negatives must be >= 1, got {train.num_negatives}.")
     if train.strategy not in STRATEGIES:
@@ -127,7 +130,8 @@ def _datasets(config: RunConfig, data: PreparedData, model: RetrievalModel,
     seed = config.train.seed
     if config.model.all_positions and model.query_tower.supports_all_positions:
         sequences = data.split.train_sequences
-        per_batch = sequences_per_batch(sequences, global_batch)
+        per_batch = max(sequences_per_batch(sequences, global_batch),
+                        config.train.min_sequences_per_batch)
         train_ds = make_sequence_dataset(sequences, per_batch, shuffle=True, seed=seed)
     else:
         train_ds = make_dataset(data.split.train, global_batch, shuffle=True, seed=seed)

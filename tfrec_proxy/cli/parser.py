@@ -137,6 +137,9 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                type=non_negative_int),
     ConfigFlag("--monitor", "train.monitor", "validation metric watched by early stopping "
                "(val_loss, val_hr@K or val_ndcg@K for K in the config's eval_ks)"),
+    ConfigFlag("--min-sequences-per-batch", "train.min_sequences_per_batch", "fewest "
+               "sequences per step when training all positions (in-batch negatives come "
+               "from them)", type=positive_int),
     ConfigFlag("--num-negatives", "train.num_negatives", "sampled negatives per "
                "evaluation example", type=positive_int),
     ConfigFlag("--eval-chunks", "train.eval_chunks", "evaluate every chunk's held-out "
