@@ -1,3 +1,3 @@
 """Library version (also read by setup.py)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
