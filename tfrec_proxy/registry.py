@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
 BUILTIN_MODULES: Tuple[str, ...] = (
     "tfrec_proxy.scoring",
     "tfrec_proxy.models",
+    "tfrec_proxy.layers.parametric_attention",  # MUR: scorer "mur"
 )
 
 

@@ -1,0 +1,108 @@
+"""MUR: multi-interest user representations (IDW paper §3.1).
+
+* `ParametricAttention`: M learned global query vectors attend over the sequence
+  encoder's outputs (padding masked), giving M user vectors `[B, M, d]`; M = 1 is the
+  paper's SUR.
+* `MultiInterestScorer` (eq. 4, registered as scorer `"mur"`): per candidate, a
+  softmax over the M interest scores weights the interest vectors,
+  `s(u, y) = sum_m w_m z_m . g(y)` with `w = softmax_m(z_m . g(y))`. TFRS's max-sim is
+  the `"dot"` scorer.
+"""
+
+from typing import Any, Dict, Optional
+
+from tfrec_proxy._tf import tf
+from tfrec_proxy.registry import SCORERS
+from tfrec_proxy.scoring import Scorer
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
+class ParametricAttention(tf.keras.layers.Layer):
+    """`[B, L, d]` hidden states -> `[B, M, d]` interest vectors by global attention.
+
+    `z_m = sum_i softmax_i(q_m . h_i) h_i` over the real (non-padding) positions i.
+
+    Args:
+        num_interests: M >= 1.
+
+    Example:
+
+        extraction = ParametricAttention(num_interests=5)
+        interests = extraction(tf.random.normal([2, 30, 16]),
+                               mask=tf.ones([2, 30], tf.bool))  # [2, 5, 16]
+    """
+
+    def __init__(self, num_interests: int = 5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(num_interests, bool) or not isinstance(num_interests, int) \
+                or num_interests < 1:
+            raise ValueError(f"num_interests (M) must be an integer >= 1, got "
+                             f"{num_interests!r}.")
+        self.num_interests = num_interests
+        self.supports_masking = True
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        self.queries = self.add_weight(
+            name="queries", shape=[self.num_interests, int(input_shape[-1])],
+            initializer="glorot_uniform", trainable=True)
+        super().build(input_shape)
+
+    def call(self, hidden: tf.Tensor, mask: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """Extracts the interests.
+
+        Args:
+            hidden: `[B, L, d]` encoder outputs.
+            mask: `[B, L]` bool, True at real positions (all real when None).
+
+        Returns:
+            `[B, M, d]` user interest vectors.
+        """
+        logits = tf.einsum("md,bld->bml", tf.cast(self.queries, hidden.dtype), hidden)
+        if mask is not None:
+            logits = tf.where(mask[:, tf.newaxis, :], logits,
+                              tf.cast(-1e9, logits.dtype) * tf.ones_like(logits))
+        weights = tf.nn.softmax(logits, axis=-1)
+        return tf.einsum("bml,bld->bmd", weights, hidden)
+
+    def compute_mask(self, hidden: tf.Tensor, mask: Optional[tf.Tensor] = None) -> None:
+        return None
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(num_interests=self.num_interests)
+        return config
+
+
+@SCORERS.register("mur")
+@tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
+class MultiInterestScorer(Scorer):
+    """IDW eq. 4: per candidate, the interests weighted by a softmax of their scores.
+
+    With `[B, d]` queries it is the dot product.
+
+    Example:
+
+        scorer = MultiInterestScorer()
+        scores = scorer.score_matrix(tf.random.normal([2, 5, 16]),
+                                     tf.random.normal([100, 16]))  # [2, 100]
+    """
+
+    @staticmethod
+    def _combine(interest_scores: tf.Tensor) -> tf.Tensor:
+        """`[B, M, C]` per-interest scores -> `[B, C]`: sum_m softmax_m(s) * s."""
+        weights = tf.nn.softmax(interest_scores, axis=1)
+        return tf.reduce_sum(weights * interest_scores, axis=1)
+
+    def score_matrix(self, queries: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
+        queries = tf.convert_to_tensor(queries)
+        candidates = tf.cast(candidates, queries.dtype)
+        if queries.shape.rank == 3:
+            return self._combine(tf.einsum("bmd,cd->bmc", queries, candidates))
+        return tf.linalg.matmul(queries, candidates, transpose_b=True)
+
+    def score_candidates(self, queries: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
+        queries = tf.convert_to_tensor(queries)
+        candidates = tf.cast(candidates, queries.dtype)
+        if queries.shape.rank == 3:
+            return self._combine(tf.einsum("bmd,bkd->bmk", queries, candidates))
+        return tf.einsum("bd,bkd->bk", queries, candidates)
