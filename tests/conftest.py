@@ -1,5 +1,6 @@
 """Shared fixtures: one tiny synthetic run trained once per test session."""
 
+import numpy as np
 import pytest
 
 import tfrec_proxy  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -35,3 +36,31 @@ def trained_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("runs")
     result = train(tiny_config(), output_dir=output, run_name="tiny", verbose=0)
     return result, result.run_dir
+
+
+def assert_round_trip(layer, *inputs):
+    """Serialises and rebuilds `layer`, copies weights, compares outputs."""
+    from tfrec_proxy._tf import tf
+
+    expected = layer(*inputs)
+    clone = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
+    assert type(clone) is type(layer)
+    assert clone.get_config() == layer.get_config()
+    clone(*inputs)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone(*inputs).numpy(), expected.numpy(), rtol=1e-6)
+
+
+def assert_runs_in_saved_model(layer, inputs, folder, atol=1e-6):
+    """Saves `layer` inside a SavedModel under `folder`, reloads it, compares outputs."""
+    from tfrec_proxy._tf import tf
+
+    expected = layer(*inputs)
+    module = tf.Module()
+    module.layer = layer
+    module.call = tf.function(lambda *args: layer(*args))
+    module.call.get_concrete_function(*inputs)
+    tf.saved_model.save(module, str(folder / "model"))
+    loaded = tf.saved_model.load(str(folder / "model"))
+    np.testing.assert_allclose(loaded.call(*inputs).numpy(), expected.numpy(), rtol=1e-5,
+                               atol=atol)

@@ -8,23 +8,14 @@ from tfrec_proxy.layers import (ItemTower, QueryTower, SelfAttentionEncoder,
                                 SequenceExtraction, TransformerBlock)
 from tfrec_proxy.scoring import DotScorer, get_scorer
 
+from conftest import assert_round_trip, assert_runs_in_saved_model
+
 HISTORY = np.array([[0, 0, 5, 6, 7], [3, 4, 5, 6, 2]], np.int32)
 
 
 def _query_tower(max_len: int, extraction: str = "last") -> QueryTower:
     return QueryTower(SelfAttentionEncoder(10, dim=8, max_len=max_len, num_heads=2),
                       SequenceExtraction(extraction))
-
-
-def _round_trip(layer, *inputs):
-    """Serialises and rebuilds `layer`, copies weights, compares outputs."""
-    expected = layer(*inputs)
-    clone = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
-    assert type(clone) is type(layer)
-    assert clone.get_config() == layer.get_config()
-    clone(*inputs)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(clone(*inputs).numpy(), expected.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("make_layer, inputs", [
@@ -38,7 +29,7 @@ def _round_trip(layer, *inputs):
     (lambda: DotScorer(), (tf.random.normal([2, 4]), tf.random.normal([3, 4]))),
 ])
 def test_serialisation_round_trip(make_layer, inputs):
-    _round_trip(make_layer(), *inputs)
+    assert_round_trip(make_layer(), *inputs)
 
 
 def test_query_tower_ignores_padding():
@@ -97,16 +88,7 @@ def test_dot_scorer_by_hand():
     (lambda: DotScorer(), (tf.random.normal([2, 4]), tf.random.normal([3, 4]))),
 ])
 def test_runs_inside_a_saved_model(make_layer, inputs, tmp_path):
-    layer = make_layer()
-    expected = layer(*inputs)
-    module = tf.Module()
-    module.layer = layer
-    module.call = tf.function(lambda *args: layer(*args))
-    module.call.get_concrete_function(*inputs)
-    tf.saved_model.save(module, str(tmp_path / "model"))
-    loaded = tf.saved_model.load(str(tmp_path / "model"))
-    np.testing.assert_allclose(loaded.call(*inputs).numpy(), expected.numpy(), rtol=1e-5,
-                               atol=1e-6)
+    assert_runs_in_saved_model(make_layer(), inputs, tmp_path)
 
 
 def test_forward_positions_are_clamped_to_the_trained_table():

@@ -7,6 +7,8 @@ from tfrec_proxy._tf import tf
 from tfrec_proxy.layers.parametric_attention import MultiInterestScorer, ParametricAttention
 from tfrec_proxy.scoring import build_scorer
 
+from conftest import assert_round_trip, assert_runs_in_saved_model
+
 
 def _softmax(x, axis):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
@@ -58,19 +60,8 @@ def test_eq4_scorer_against_numpy():
 ])
 def test_round_trip_and_saved_model(make_layer, inputs, tmp_path):
     layer = make_layer()
-    expected = layer(*inputs)
-    clone = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
-    assert type(clone) is type(layer) and clone.get_config() == layer.get_config()
-    clone(*inputs)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(clone(*inputs).numpy(), expected.numpy(), rtol=1e-6)
-    module = tf.Module()
-    module.layer = layer
-    module.call = tf.function(lambda *args: layer(*args))
-    module.call.get_concrete_function(*inputs)
-    tf.saved_model.save(module, str(tmp_path / "model"))
-    loaded = tf.saved_model.load(str(tmp_path / "model"))
-    np.testing.assert_allclose(loaded.call(*inputs).numpy(), expected.numpy(), rtol=1e-5)
+    assert_round_trip(layer, *inputs)
+    assert_runs_in_saved_model(layer, inputs, tmp_path, atol=0)
 
 
 def test_eq4_is_served_through_both_indexes(tmp_path):

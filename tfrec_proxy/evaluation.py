@@ -9,6 +9,7 @@ This module does not import the serving code: an exported run is evaluated throu
 whatever object `evaluate_run` is given (a `tfrec_proxy.serving.Run`).
 """
 
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -74,7 +75,6 @@ def evaluate_run(run: Any, data: PreparedData, split: str = "test",
     examples = data.examples(split, chunks=chunks)
     _, unknown = run.vocab.lookup_with_unknown(data.vocab.ids)
     if unknown:
-        import warnings
         warnings.warn(f"{unknown} of {len(data.vocab.ids)} items of the evaluation data are "
                       "not in the run's vocabulary; as history items they map to the OOV "
                       "bucket, as targets they score 0.", stacklevel=2)

@@ -24,7 +24,7 @@ from tfrec_proxy.config import ModelConfig
 from tfrec_proxy.layers.encoders import SelfAttentionEncoder
 from tfrec_proxy.layers.extraction import SequenceExtraction
 from tfrec_proxy.layers.towers import HISTORY, ITEM_ID, ItemTower, QueryTower
-from tfrec_proxy.registry import MODEL_KINDS
+from tfrec_proxy.registry import MODEL_KINDS, SCORERS
 from tfrec_proxy.scoring import Scorer, build_scorer
 from tfrec_proxy.tasks import BatchSoftmax
 
@@ -245,7 +245,8 @@ def check_model_config(config: ModelConfig) -> Any:
     """
     entry = MODEL_KINDS.get(config.kind)
     options = entry.parse_options(config.options, "config.model.options")
-    build_scorer(config.scorer, config.scorer_options)  # checks name and options
+    SCORERS.get(config.scorer).parse_options(config.scorer_options,
+                                             "config.model.scorer_options")
     if config.item_hidden_units and config.item_hidden_units[-1] != config.embedding_dim:
         raise ValueError(
             f"The item tower's last layer ({config.item_hidden_units[-1]}) must equal "

@@ -22,13 +22,14 @@ from tfrec_proxy._tf import tf
 from tfrec_proxy.config import RunConfig, TrainConfig
 from tfrec_proxy.data import (PreparedData, Vocabulary, make_dataset, make_sequence_dataset,
                               prepare_data, sequences_per_batch)
+from tfrec_proxy.data.prepare import CHUNKS
 from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
 from tfrec_proxy.export import export_run
 from tfrec_proxy.models import RetrievalModel, build_model, check_model_config
 from tfrec_proxy.run_format import RunFormatError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
-EVAL_CHUNKS = ("all", "last")
+EVAL_CHUNKS = CHUNKS
 ItemWeights = Union[np.ndarray, Callable[[RetrievalModel, PreparedData], np.ndarray]]
 
 
@@ -50,9 +51,10 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
         return True
-    cluster = resolver.cluster_spec().as_dict() if resolver.cluster_spec() else {}
     if resolver.task_type == "chief":
         return True
+    spec = resolver.cluster_spec()
+    cluster = spec.as_dict() if spec else {}
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
 
 

@@ -7,7 +7,7 @@ split.
 
 import dataclasses
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -75,10 +75,6 @@ class PreparedData:
             raise ValueError(f"Unknown chunks {chunks!r}; expected one of {list(CHUNKS)}.")
         examples = splits[name]
         return examples if chunks == "all" else examples.select(examples.last_chunk)
-
-    def seen_items(self, examples: Examples) -> List[np.ndarray]:
-        """Per example, the item indices its user interacted with (sampling exclusions)."""
-        return [self.split.user_items[int(user)] for user in examples.user]
 
     def summary(self) -> Dict[str, int]:
         return {"interactions": len(self.interactions),
