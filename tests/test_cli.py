@@ -150,6 +150,45 @@ def test_choices_agree_with_the_library():
     # "dataframe" needs a pandas frame handed over in Python: not a CLI source.
     assert set(cli_parser.DATA_SOURCES) == set(DATA_SOURCES) - {"dataframe"}
     assert cli_parser.FILE_FORMATS == FILE_FORMATS
+    from tfrec_proxy.layers.item_norm import ITEM_NORM_MODES
+    from tfrec_proxy.registry import EXTRACTIONS, SCORERS, WEIGHTINGS
+    from tfrec_proxy.tasks import LOSSES
+
+    assert cli_parser.LOSSES == LOSSES and cli_parser.ITEM_NORMS == ITEM_NORM_MODES
+    # The CLI offers the built-in names (tests may register more).
+    assert set(cli_parser.EXTRACTIONS) <= set(EXTRACTIONS.names())
+    assert {"last", "mean", "mur"} == set(cli_parser.EXTRACTIONS)
+    assert set(cli_parser.SCORERS) - {"auto"} <= set(SCORERS.names())
+    assert set(cli_parser.WEIGHTINGS) == {"none", "frequency", "idw"} <= set(WEIGHTINGS.names())
+
+
+def test_method_flags_set_the_config_fields():
+    args = cli_parser.parse_args([
+        "config", "--extraction", "mur", "--num-interests", "5", "--weighting", "idw",
+        "--loss", "focal", "--focal-gamma", "1.5", "--item-norm", "posthoc",
+        "--idw-momentum", "0.8", "--idw-eta", "0.001", "--idw-max-iterations", "4",
+        "--idw-wake-epochs", "2", "--no-idw-calibration", "--scorer", "dot"])
+    config = cli_parser.config_from_args(args)
+    assert (config.model.extraction, config.model.num_interests) == ("mur", 5)
+    assert (config.model.loss, config.model.focal_gamma) == ("focal", 1.5)
+    assert config.model.item_norm == "posthoc" and config.model.scorer == "dot"
+    assert config.train.weighting == "idw"
+    idw = config.train.idw
+    assert (idw.momentum, idw.eta, idw.max_iterations, idw.wake_epochs, idw.calibrate) == (
+        0.8, 0.001, 4, 2, False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-interests", "0"], "expected a positive integer, got '0'"),
+    (["--idw-momentum", "1"], "expected a number in [0, 1), got '1'"),
+    (["--idw-eta", "0"], "expected a positive number, got '0'"),
+    (["--extraction", "capsule"], "invalid choice: 'capsule'"),
+])
+def test_bad_method_flags_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_parser.parse_args(["train", *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 # --- History input ------------------------------------------------------------------------
@@ -359,6 +398,12 @@ def test_export_rebuilds_an_equivalent_run(trained_run, tmp_path, capsys):
     second = json.loads(capsys.readouterr().out)
     assert first["items"] == second["items"]
     assert json.loads((target / "manifest.json").read_text())["max_k"] == 5
+    import numpy as np  # items.npz (counts, clusters for reports) survives the re-export
+
+    with np.load(run_dir / "items.npz") as old, np.load(target / "items.npz") as new:
+        assert sorted(old.files) == sorted(new.files)
+        for name in old.files:
+            np.testing.assert_array_equal(old[name], new[name])
 
 
 def test_report_prints_the_png_paths(trained_run, tmp_path, capsys):

@@ -6,6 +6,8 @@ import pytest
 from tfrec_proxy._tf import tf
 from tfrec_proxy.layers import (ItemTower, QueryTower, SelfAttentionEncoder,
                                 SequenceExtraction, TransformerBlock)
+from tfrec_proxy.layers.item_norm import ItemNormalization
+from tfrec_proxy.layers.parametric_attention import ParametricAttention
 from tfrec_proxy.scoring import DotScorer, get_scorer
 
 from conftest import assert_round_trip, assert_runs_in_saved_model
@@ -27,6 +29,8 @@ def _query_tower(max_len: int, extraction: str = "last") -> QueryTower:
     (lambda: _query_tower(max_len=5, extraction="mean"), (tf.constant(HISTORY),)),
     (lambda: ItemTower(10, (8, 4)), ({"item_id": tf.constant([2, 3, 9])},)),
     (lambda: DotScorer(), (tf.random.normal([2, 4]), tf.random.normal([3, 4]))),
+    (lambda: ItemNormalization(ItemTower(10, (8, 4)), "train"),
+     ({"item_id": tf.constant([2, 3, 9])},)),
 ])
 def test_serialisation_round_trip(make_layer, inputs):
     assert_round_trip(make_layer(), *inputs)
@@ -86,6 +90,10 @@ def test_dot_scorer_by_hand():
     (lambda: _query_tower(max_len=5), ({"history": tf.constant(HISTORY)},)),
     (lambda: ItemTower(10, (8, 4)), ({"item_id": tf.constant([2, 3, 9])},)),
     (lambda: DotScorer(), (tf.random.normal([2, 4]), tf.random.normal([3, 4]))),
+    (lambda: ItemNormalization(ItemTower(10, (8, 4)), "posthoc"),
+     ({"item_id": tf.constant([2, 3, 9])},)),
+    (lambda: QueryTower(SelfAttentionEncoder(10, dim=8, max_len=5, num_heads=2, causal=True),
+                        ParametricAttention(3)), ({"history": tf.constant(HISTORY)},)),
 ])
 def test_runs_inside_a_saved_model(make_layer, inputs, tmp_path):
     assert_runs_in_saved_model(make_layer(), inputs, tmp_path)
@@ -100,3 +108,27 @@ def test_forward_positions_are_clamped_to_the_trained_table():
         SelfAttentionEncoder(10, max_len=6, num_positions=7)
     with pytest.raises(ValueError, match=r"oov_rate must be in \[0, 1\), got 1.0"):
         SelfAttentionEncoder(10, max_len=6, oov_rate=1.0)
+
+
+def test_prefix_outputs_equal_each_prefix_by_hand():
+    """Causal prefix outputs of the mean and MUR extractions: column j = the layer on
+    columns <= j (padding masked)."""
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    mask = np.array([[False, True, True, True], [True, True, True, True]])
+    mean = SequenceExtraction("mean").prefix_outputs(tf.constant(hidden), tf.constant(mask))
+    mur = ParametricAttention(2)
+    mur.build(tf.TensorShape([2, 4, 3]))
+    prefixes = mur.prefix_outputs(tf.constant(hidden), tf.constant(mask)).numpy()
+    queries = mur.queries.numpy()
+    for b in range(2):
+        for j in range(4):
+            real = [i for i in range(j + 1) if mask[b, i]]
+            if not real:
+                continue
+            np.testing.assert_allclose(mean.numpy()[b, j], hidden[b, real].mean(0), rtol=1e-5)
+            logits = queries @ hidden[b, real].T  # [M, n]
+            weights = np.exp(logits - logits.max(1, keepdims=True))
+            weights /= weights.sum(1, keepdims=True)
+            np.testing.assert_allclose(prefixes[b, j], weights @ hidden[b, real], rtol=1e-5,
+                                       atol=1e-6)

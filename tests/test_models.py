@@ -40,10 +40,14 @@ def test_compute_loss_equals_tfrs_retrieval_on_the_same_towers():
     np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5)
 
 
-def test_all_positions_loss_equals_the_per_prefix_loss():
-    """One causal pass over whole sequences gives the per-prefix examples' loss."""
+@pytest.mark.parametrize("extraction, scorer", [
+    ("last", "auto"), ("mean", "auto"), ("mur", "auto"), ("mur", "dot")])
+def test_all_positions_loss_equals_the_per_prefix_loss(extraction, scorer):
+    """One causal pass over whole sequences gives the per-prefix examples' loss, for
+    every extraction (MUR: parametric attention over each prefix, eq. 4 or maxsim)."""
     vocab_size, max_len = 40, 7
-    model = build_model(_config(), vocab_size, max_len, _probabilities(vocab_size))
+    model = build_model(_config(extraction=extraction, num_interests=3, scorer=scorer),
+                        vocab_size, max_len, _probabilities(vocab_size))
     rng = np.random.default_rng(2)
     lengths = [6, 3, 5]
     history = np.zeros((3, max_len), np.int32)
@@ -115,9 +119,67 @@ def test_every_served_position_and_the_oov_row_are_trained():
     assert served.max() == position_table.shape[0] - 1 == max_len - 4
 
 
-def test_all_positions_needs_last_extraction():
-    with pytest.raises(ValueError, match="needs extraction='last'"):
-        build_model(_config(extraction="mean"), 10, 5)
+def test_all_positions_needs_a_causal_encoder():
     model = build_model(_config(extraction="mean", all_positions=False), 10, 5)
     with pytest.raises(ValueError, match="needs a causal encoder"):
         model.query_tower.encode_positions({"history": tf.zeros([1, 5], tf.int32)})
+
+
+def test_mur_extraction_builds_m_vectors_and_the_eq4_scorer():
+    from tfrec_proxy.layers.parametric_attention import (MultiInterestScorer,
+                                                         ParametricAttention)
+    from tfrec_proxy.scoring import DotScorer
+
+    model = build_model(_config(extraction="mur", num_interests=4), 12, 5)
+    assert isinstance(model.query_tower.extraction, ParametricAttention)
+    assert isinstance(model.scorer, MultiInterestScorer)
+    assert model.query_tower({"history": tf.constant([[0, 2, 3, 4, 5]])}).shape == (1, 4, 8)
+    assert isinstance(build_model(_config(extraction="mur", scorer="dot"), 12, 5).scorer,
+                      DotScorer)  # TFRS maxsim stays an option
+    assert isinstance(build_model(_config(), 12, 5).scorer, DotScorer)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"extraction": "mur", "num_interests": 0}, r"num_interests \(M\) must be an integer >= 1, got 0"),
+    ({"extraction": "capsule"}, "Unknown extraction 'capsule'; expected one of"),
+    ({"loss": "hinge"}, "Unknown loss 'hinge'; expected one of"),
+    ({"item_norm": "always"}, "Unknown item_norm 'always'; expected one of"),
+    ({"focal_gamma": -1.0}, "focal_gamma must be >= 0, got -1.0"),
+    ({"qmargin_max": 0.0}, "qmargin_max must be > 0, got 0.0"),
+])
+def test_bad_model_settings_fail_before_building(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(_config(**overrides), 12, 5)
+
+
+def test_qmargin_subtracts_the_positive_margin_before_the_softmax():
+    vocab_size = 20
+    probability = _probabilities(vocab_size)
+    model = build_model(_config(all_positions=False, loss="qmargin", qmargin_max=0.5,
+                                logq_correction=False), vocab_size, 4, probability)
+    raw = probability.astype(np.float64) ** -0.25
+    np.testing.assert_allclose(model.item_margins.numpy(), 0.5 * raw / raw.max(), rtol=1e-6)
+    batch = {"history": tf.constant([[0, 2, 3, 4], [0, 0, 5, 6]], tf.int32),
+             "target": tf.constant([7, 8], tf.int32)}
+    scores = model.scorer.score_matrix(model.query_tower({"history": batch["history"]}),
+                                       model.candidate_tower({"item_id": batch["target"]})
+                                       ).numpy().astype(np.float64)
+    margins = model.item_margins.numpy()[[7, 8]]
+    scores[[0, 1], [0, 1]] -= margins
+    log_softmax = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    expected = -(log_softmax[0, 0] + log_softmax[1, 1])
+    np.testing.assert_allclose(model.compute_loss(batch).numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["train", "posthoc"])
+def test_item_norm_normalises_item_vectors(mode):
+    model = build_model(_config(item_norm=mode), 12, 5)
+    served = model.item_embeddings()
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, rtol=1e-5)
+    trained = model.candidate_tower({"item_id": tf.range(12)}, training=True).numpy()
+    norms = np.linalg.norm(trained, axis=1)
+    if mode == "train":
+        np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    else:  # post hoc: trained unnormalised, normalised only at inference
+        assert not np.allclose(norms, 1.0)
+        np.testing.assert_allclose(served, trained / norms[:, None], rtol=1e-5, atol=1e-6)

@@ -90,3 +90,39 @@ def test_logq_correction_is_not_clipped_for_rare_items():
     flattened = _numpy_loss(scores, ids, np.maximum(probability, 1e-6), np.ones(3))
     np.testing.assert_allclose(clipped.numpy(), flattened, rtol=1e-5)
     assert abs(ours.numpy() - clipped.numpy()) > 1.0
+
+
+def test_focal_loss_by_hand():
+    """-(1 - p)^gamma log p per row (p the corrected softmax at the positive), weighted."""
+    scores = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0], [1.0, 1.0, 1.0]], np.float32)
+    probability = np.array([0.5, 0.2, 0.3], np.float32)
+    weights = np.array([1.0, 2.0, 0.5], np.float32)
+    corrected = scores.astype(np.float64) - np.log(probability)[None, :]
+    log_p = np.diag(corrected - np.log(np.exp(corrected).sum(axis=1, keepdims=True)))
+    gamma = 2.0
+    expected = np.sum(weights * -(1 - np.exp(log_p)) ** gamma * log_p)
+    task = BatchSoftmax(remove_accidental_hits=False, focal_gamma=gamma)
+    got = task(tf.constant(scores), candidate_sampling_probability=tf.constant(probability),
+               sample_weight=tf.constant(weights))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    plain = BatchSoftmax(remove_accidental_hits=False)(
+        tf.constant(scores), candidate_sampling_probability=tf.constant(probability),
+        sample_weight=tf.constant(weights))
+    zero = BatchSoftmax(remove_accidental_hits=False, focal_gamma=0.0)(
+        tf.constant(scores), candidate_sampling_probability=tf.constant(probability),
+        sample_weight=tf.constant(weights))
+    np.testing.assert_allclose(zero.numpy(), plain.numpy(), rtol=1e-5)  # gamma 0 = softmax
+    with pytest.raises(ValueError, match="focal_gamma must be >= 0, got -1"):
+        BatchSoftmax(focal_gamma=-1)
+    clone = BatchSoftmax.from_config(task.get_config())
+    assert clone.focal_gamma == gamma
+
+
+def test_positive_margin_by_hand():
+    scores = np.array([[2.0, 0.5], [0.0, 1.0]], np.float32)
+    margin = np.array([0.3, 0.7], np.float32)
+    shifted = scores.astype(np.float64) - np.diag(margin)
+    expected = -np.sum(np.diag(shifted - np.log(np.exp(shifted).sum(1, keepdims=True))))
+    got = BatchSoftmax(remove_accidental_hits=False)(tf.constant(scores),
+                                                     positive_margin=tf.constant(margin))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)

@@ -85,15 +85,32 @@ class ModelConfig:
         dropout: Dropout rate inside the query tower.
         item_hidden_units: Dense layer sizes of the item tower MLP; the last one
             must equal `embedding_dim`.
-        extraction: How the sequence encoder's outputs become one user vector:
-            `"last"` (most recent position) or `"mean"` (masked mean).
+        extraction: Registered extraction (`tfrec_proxy.registry.EXTRACTIONS`):
+            how the sequence encoder's outputs become the user representation:
+            `"last"` (most recent position), `"mean"` (masked mean) or `"mur"` (MUR
+            parametric attention, IDW §3.1: `num_interests` vectors `[M, d]`).
+        num_interests: M, the user vectors of `extraction="mur"` (IDW §4.3: 5; 1
+            is the paper's SUR); unused by the other extractions.
         scorer: Registered scorer (`tfrec_proxy.registry.SCORERS`): the affinity
-            between query and candidate vectors (`"dot"`).
+            between query and candidate vectors: `"dot"` (max over the vectors of
+            a multi-vector query, TFRS's max-sim), `"mur"` (IDW eq. 4) or
+            `"auto"`: `"mur"` for `extraction="mur"`, else `"dot"`.
         scorer_options: The scorer's own settings, checked like `options`.
+        loss: `"softmax"` (batch softmax, IDW eq. 3), `"focal"` (focal loss,
+            Lin et al.: `-(1 - p)^gamma log p`) or `"qmargin"` (LDAM-style margin
+            `delta_y ~ p(y)^(-1/4)` subtracted from the positive's logit, Cao et
+            al.) (IDW §4.3 baselines).
+        focal_gamma: gamma of `loss="focal"`.
+        qmargin_max: The largest `loss="qmargin"` margin (that of the rarest item),
+            in logit units; the others scale as `p(y)^(-1/4)`.
+        item_norm: `"none"`, `"train"` (item vectors L2-normalised in training and
+            serving, Kim & Kim) or `"posthoc"` (trained unnormalised, normalised for
+            evaluation and serving only, Kang et al.) (IDW §4.3 baselines).
         all_positions: Train on every position of each sequence in one causal
             forward pass (loss at each position, targets = the per-prefix
-            examples); needs a causal encoder and `extraction="last"`. False
-            encodes every prefix separately (non-causal encoder).
+            examples); every built-in extraction supports it (MUR attends over
+            each prefix's positions). False encodes every prefix separately
+            (non-causal encoder).
         history_oov_rate: Share of training history items replaced by the OOV
             index, so the OOV embedding that serves unknown ids is trained.
         logq_correction: Subtract log p(item) from in-batch logits.
@@ -109,13 +126,51 @@ class ModelConfig:
     dropout: float = 0.1
     item_hidden_units: Tuple[int, ...] = (16, 16)
     extraction: str = "last"
-    scorer: str = "dot"
+    num_interests: int = 5
+    scorer: str = "auto"
     scorer_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    loss: str = "softmax"
+    focal_gamma: float = 2.0
+    qmargin_max: float = 1.0
+    item_norm: str = "none"
     all_positions: bool = True
     history_oov_rate: float = 0.01
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     temperature: Optional[float] = None
+
+
+@dataclasses.dataclass
+class IDWConfig:
+    """Iterative density weighting (IDW paper §3.3, Algorithms 1-2; §4.4 defaults).
+
+    Attributes:
+        momentum: m of the weight update (eq. 9), in [0, 1).
+        eta: Stopping threshold on `||w(t+1) - w(t)||` (Algorithm 1), > 0.
+        max_iterations: MAX_T, the most sleep/wake iterations.
+        wake_epochs: Training epochs of each wake phase.
+        pretrain_epochs: Epochs of the unweighted pre-training (None:
+            `TrainConfig.epochs`, with early stopping).
+        calibration_epochs: Epochs of the user-tower calibration (item tower
+            frozen, unweighted loss; None: `TrainConfig.epochs`, with early stopping).
+        calibrate: Run the user-tower calibration (§4.6.3 ablates it).
+        bandwidth: Gaussian kernel bandwidth l of eq. 7 (None: Scott's rule).
+        exact_max_items: Catalogues up to this size get the exact density; larger
+            ones a bounded-memory estimate against `reference_size` items drawn in
+            proportion to the weights.
+        reference_size: Reference items of that estimate.
+    """
+
+    momentum: float = 0.9
+    eta: float = 4e-4
+    max_iterations: int = 10
+    wake_epochs: int = 1
+    pretrain_epochs: Optional[int] = None
+    calibration_epochs: Optional[int] = None
+    calibrate: bool = True
+    bandwidth: Optional[float] = None
+    exact_max_items: int = 16384
+    reference_size: int = 2048
 
 
 @dataclasses.dataclass
@@ -148,6 +203,10 @@ class TrainConfig:
         mixed_precision: Use the `mixed_float16` Keras policy (GPU).
         jit_compile: XLA-compile the train step.
         tensorboard_dir: Write TensorBoard logs here when set.
+        weighting: Per-example loss weights by target item: `"none"`,
+            `"frequency"` (IDW eq. 5, `1 / p(y)`, normalised to a mean of 1) or
+            `"idw"` (iterative density weighting, `idw` settings).
+        idw: Settings of `weighting="idw"`.
     """
 
     epochs: int = 20
@@ -164,6 +223,8 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     tensorboard_dir: Optional[str] = None
+    weighting: str = "none"
+    idw: IDWConfig = dataclasses.field(default_factory=IDWConfig)
 
 
 @dataclasses.dataclass

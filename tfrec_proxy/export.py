@@ -15,15 +15,16 @@ import numpy as np
 from tfrec_proxy._tf import tf
 from tfrec_proxy.config import RunConfig
 from tfrec_proxy.data.vocab import Vocabulary
+from tfrec_proxy.models import resolve_scorer
 from tfrec_proxy.run_format import (FORMAT, FORMAT_VERSION, INDEXES, MIN_SCANN_CANDIDATES,
-                                    PAD_ID, RunFormatError, read_manifest, write_atomically,
-                                    write_json)
+                                    PAD_ID, STATE_FOLDER, RunFormatError, read_manifest,
+                                    write_atomically, write_json)
 from tfrec_proxy.savedmodels import (QueryModule, RetrievalModule, build_index,
                                      pack_histories, scann_parameters)
 from tfrec_proxy.version import __version__
 
 __all__ = ["INDEXES", "MIN_SCANN_CANDIDATES", "PAD_ID", "RunFormatError", "export_run",
-           "pack_histories", "read_manifest", "scann_parameters",
+           "pack_histories", "read_state", "read_manifest", "scann_parameters",
            "Run", "load_run", "recommend"]
 
 
@@ -37,6 +38,7 @@ def __getattr__(name: str) -> Any:
 def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocabulary,
                config: RunConfig, metrics: Optional[Dict[str, Any]] = None,
                item_stats: Optional[Dict[str, np.ndarray]] = None,
+               state: Optional[Dict[str, Dict[str, np.ndarray]]] = None,
                overwrite: bool = False) -> Path:
     """Writes a complete run folder (see `tfrec_proxy.run_format`), atomically.
 
@@ -49,6 +51,9 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
             `metrics.json`.
         item_stats: Optional `[V]` arrays by item index (`counts`, `clusters`),
             stored in candidate order in `items.npz` for reports.
+        state: Training state to keep with the run, `{file name: {array name:
+            array}}`, each written as `state/<file name>` (an `.npz`), e.g. IDW's
+            item weights and iteration (`tfrec_proxy.weighting.idw.IDWState`).
         overwrite: Replace an existing folder (else an existing folder is an error).
 
     Returns:
@@ -58,13 +63,25 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
         raise ValueError(f"Item id {PAD_ID} is reserved as history padding in exports; "
                          "re-index the items.")
     return write_atomically(
-        run_dir, lambda folder: _write_run(model, folder, vocab, config, metrics, item_stats),
+        run_dir, lambda folder: _write_run(model, folder, vocab, config, metrics, item_stats,
+                                           state or {}),
         overwrite=overwrite)
+
+
+def read_state(run_dir: Union[str, Path]) -> Dict[str, Dict[str, np.ndarray]]:
+    """A run folder's saved training state (`state/*.npz`), as `export_run` takes it."""
+    folder = Path(run_dir) / STATE_FOLDER
+    state = {}
+    for path in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
+        with np.load(path) as arrays:
+            state[path.name] = {name: arrays[name] for name in arrays.files}
+    return state
 
 
 def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: RunConfig,
                metrics: Optional[Dict[str, Any]],
-               item_stats: Optional[Dict[str, np.ndarray]]) -> None:
+               item_stats: Optional[Dict[str, np.ndarray]],
+               state: Dict[str, Dict[str, np.ndarray]]) -> None:
     max_len = config.data.max_len
     embeddings = model.item_embeddings(vocab.size)[2:]
     ids = vocab.ids
@@ -77,6 +94,11 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
         np.savez(folder / "items.npz", ids=ids,
                  **{name: np.asarray(values)[2:] for name, values in item_stats.items()})
     model.save_weights(str(folder / "weights" / "model"))
+    for name, arrays in state.items():
+        if not name.endswith(".npz") or "/" in name:
+            raise ValueError(f"state file name {name!r} must be a plain '<name>.npz'.")
+        (folder / STATE_FOLDER).mkdir(exist_ok=True)
+        np.savez(folder / STATE_FOLDER / name, **arrays)
 
     sample = model.query_tower({"history": tf.constant([[2]], tf.int32)}, training=False)
     query_shape = tuple(int(size) for size in sample.shape[1:])
@@ -103,7 +125,7 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_kind": config.model.kind,
-        "scorer": config.model.scorer,
+        "scorer": resolve_scorer(config.model),
         "query_shape": list(query_shape),
         "query_features": sorted(["history", *getattr(model.query_tower, "context_specs", {})]),
         "embedding_dim": int(embeddings.shape[1]),

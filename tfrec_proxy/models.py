@@ -22,11 +22,11 @@ import numpy as np
 from tfrec_proxy._tf import tf, tfrs
 from tfrec_proxy.config import ModelConfig
 from tfrec_proxy.layers.encoders import SelfAttentionEncoder
-from tfrec_proxy.layers.extraction import SequenceExtraction
+from tfrec_proxy.layers.item_norm import ITEM_NORM_MODES, ItemNormalization
 from tfrec_proxy.layers.towers import HISTORY, ITEM_ID, ItemTower, QueryTower
-from tfrec_proxy.registry import MODEL_KINDS, SCORERS
+from tfrec_proxy.registry import EXTRACTIONS, MODEL_KINDS, SCORERS
 from tfrec_proxy.scoring import Scorer, build_scorer
-from tfrec_proxy.tasks import BatchSoftmax
+from tfrec_proxy.tasks import LOSSES, BatchSoftmax, qmargin_margins
 
 TARGET = "target"
 TARGETS = "targets"
@@ -64,6 +64,8 @@ class RetrievalModel(tfrs.Model):
         vocab_size: V, the size of the per-item tables.
         sampling_probability: `[V]` probability of each item index appearing as an
             in-batch candidate, for logQ correction; None disables the correction.
+        item_margins: `[V]` margins subtracted from each positive's logit by
+            target item (the Qmargin baseline), or None for none.
 
     Per-item loss weights (`item_loss_weights`, `[V]`, ones by default) multiply each
     example's loss by the weight of its target item (density weighting, frequency
@@ -82,7 +84,7 @@ class RetrievalModel(tfrs.Model):
                  candidate_tower: tf.keras.layers.Layer, task: BatchSoftmax,
                  scorer: Scorer, vocab_size: int,
                  sampling_probability: Optional[np.ndarray] = None,
-                 **kwargs: Any) -> None:
+                 item_margins: Optional[np.ndarray] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
@@ -99,6 +101,13 @@ class RetrievalModel(tfrs.Model):
                 name="sampling_probability")
         self.item_loss_weights = tf.Variable(tf.ones([vocab_size], tf.float32),
                                              trainable=False, name="item_loss_weights")
+        self.item_margins = None
+        if item_margins is not None:
+            if len(item_margins) != vocab_size:
+                raise ValueError(f"item_margins has {len(item_margins)} entries; expected "
+                                 f"vocab_size={vocab_size}.")
+            self.item_margins = tf.Variable(np.asarray(item_margins, np.float32),
+                                            trainable=False, name="item_margins")
 
     @staticmethod
     def candidate_features(item_ids: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -144,9 +153,12 @@ class RetrievalModel(tfrs.Model):
         weights = tf.gather(self.item_loss_weights, target)
         if sample_weight is not None:
             weights = weights * tf.cast(sample_weight, tf.float32)
+        margin = None
+        if self.item_margins is not None:
+            margin = tf.gather(self.item_margins, target)
         return self.task(scores, candidate_ids=target,
                          candidate_sampling_probability=probability,
-                         sample_weight=weights)
+                         sample_weight=weights, positive_margin=margin)
 
     def train_step(self, features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         # TFRS's train_step applies raw gradients; `optimizer.minimize` with the tape
@@ -213,25 +225,46 @@ def build_two_tower(config: ModelConfig, options: None,
         context.vocab_size, config.embedding_dim, context.max_len, config.num_layers,
         config.num_heads, config.dropout, causal=config.all_positions,
         num_positions=trained_positions, oov_rate=config.history_oov_rate, name="encoder")
-    extraction = SequenceExtraction(config.extraction, name="extraction")
-    query_tower = QueryTower(encoder, extraction, name="query_tower")
+    query_tower = QueryTower(encoder, build_extraction(config), name="query_tower")
     candidate_tower = ItemTower(context.vocab_size, config.item_hidden_units,
                                 name="candidate_tower")
     return assemble(config, context, query_tower, candidate_tower)
 
 
+def build_extraction(config: ModelConfig) -> tf.keras.layers.Layer:
+    """The extraction layer registered as `config.extraction` (`EXTRACTIONS`)."""
+    return EXTRACTIONS.get(config.extraction).target(config)
+
+
+def resolve_scorer(config: ModelConfig) -> str:
+    """The scorer name a config trains with: `config.scorer`, or for `"auto"` the
+    extraction's default (`"mur"` for MUR, else `"dot"`)."""
+    if config.scorer != "auto":
+        return config.scorer
+    return EXTRACTIONS.get(config.extraction).metadata.get("scorer", "dot")
+
+
 def assemble(config: ModelConfig, context: BuildContext, query_tower: tf.keras.layers.Layer,
              candidate_tower: tf.keras.layers.Layer) -> RetrievalModel:
-    """A `RetrievalModel` from two towers plus the config's scorer and task; the last
-    step of every kind's builder."""
-    task = BatchSoftmax(config.remove_accidental_hits, config.temperature, name="task")
-    scorer = build_scorer(config.scorer, config.scorer_options, name="scorer")
+    """A `RetrievalModel` from two towers plus the config's scorer, item norm and
+    loss; the last step of every kind's builder."""
+    task = BatchSoftmax(config.remove_accidental_hits, config.temperature,
+                        focal_gamma=config.focal_gamma if config.loss == "focal" else None,
+                        name="task")
+    scorer = build_scorer(resolve_scorer(config), config.scorer_options, name="scorer")
+    if config.item_norm != "none":
+        candidate_tower = ItemNormalization(candidate_tower, config.item_norm,
+                                            name="item_norm")
     probability = context.sampling_probability
-    if config.logq_correction and probability is None:
-        # Restoring: a placeholder the checkpoint overwrites with the trained table.
+    if probability is None:  # restoring
+        # A placeholder the checkpoint overwrites with the trained table.
         probability = np.full(context.vocab_size, 1.0 / context.vocab_size, np.float32)
+    margins = None
+    if config.loss == "qmargin":
+        margins = qmargin_margins(probability, config.qmargin_max)
     return RetrievalModel(query_tower, candidate_tower, task, scorer, context.vocab_size,
-                          probability if config.logq_correction else None)
+                          probability if config.logq_correction else None,
+                          item_margins=margins)
 
 
 def check_model_config(config: ModelConfig) -> Any:
@@ -245,16 +278,26 @@ def check_model_config(config: ModelConfig) -> Any:
     """
     entry = MODEL_KINDS.get(config.kind)
     options = entry.parse_options(config.options, "config.model.options")
-    SCORERS.get(config.scorer).parse_options(config.scorer_options,
-                                             "config.model.scorer_options")
+    EXTRACTIONS.get(config.extraction)
+    SCORERS.get(resolve_scorer(config)).parse_options(config.scorer_options,
+                                                      "config.model.scorer_options")
+    if isinstance(config.num_interests, bool) or not isinstance(config.num_interests, int) \
+            or config.num_interests < 1:
+        raise ValueError(f"num_interests (M) must be an integer >= 1, got "
+                         f"{config.num_interests!r}.")
+    if config.loss not in LOSSES:
+        raise ValueError(f"Unknown loss {config.loss!r}; expected one of {LOSSES}.")
+    if not config.focal_gamma >= 0:
+        raise ValueError(f"focal_gamma must be >= 0, got {config.focal_gamma}.")
+    if not config.qmargin_max > 0:
+        raise ValueError(f"qmargin_max must be > 0, got {config.qmargin_max}.")
+    if config.item_norm not in ITEM_NORM_MODES:
+        raise ValueError(f"Unknown item_norm {config.item_norm!r}; expected one of "
+                         f"{ITEM_NORM_MODES}.")
     if config.item_hidden_units and config.item_hidden_units[-1] != config.embedding_dim:
         raise ValueError(
             f"The item tower's last layer ({config.item_hidden_units[-1]}) must equal "
             f"embedding_dim ({config.embedding_dim}) so both towers share a space.")
-    if config.all_positions and config.extraction != "last":
-        raise ValueError(f"all_positions=True trains every prefix in one causal pass, which "
-                         f"needs extraction='last'; got extraction={config.extraction!r}. "
-                         "Set all_positions=False for other extractions.")
     return options
 
 

@@ -1,7 +1,8 @@
-"""Registries: model kinds and scorers by name, each with its own options dataclass.
+"""Registries: model kinds, scorers, extractions and loss weightings by name.
 
 A new method is one module plus a registration: the module decorates its builder (or
-scorer class) with `MODEL_KINDS.register(...)` / `SCORERS.register(...)` and its module
+scorer class) with `MODEL_KINDS.register(...)` / `SCORERS.register(...)` /
+`EXTRACTIONS.register(...)` / `WEIGHTINGS.register(...)` and its module
 name is added to `BUILTIN_MODULES` below, so that looking a name up imports it. Build,
 restore, export and evaluation then find it by the name stored in the run's
 `config.json` (`model.kind`, `model.scorer`) and `manifest.json` (`model_kind`).
@@ -29,7 +30,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
 BUILTIN_MODULES: Tuple[str, ...] = (
     "tfrec_proxy.scoring",
     "tfrec_proxy.models",
-    "tfrec_proxy.layers.parametric_attention",  # MUR: scorer "mur"
+    "tfrec_proxy.layers.extraction",  # extractions "last", "mean"
+    "tfrec_proxy.layers.parametric_attention",  # MUR: extraction and scorer "mur"
+    "tfrec_proxy.weighting.baselines",  # weightings "none", "frequency"
+    "tfrec_proxy.weighting.idw",  # weighting "idw"
 )
 
 
@@ -41,11 +45,14 @@ class Entry:
         name: The registered name (as written in configs and manifests).
         target: The builder function or the class.
         options: Dataclass of the entry's own settings, or None for none.
+        metadata: Facts about the entry that callers read without building it
+            (e.g. an extraction's default scorer).
     """
 
     name: str
     target: Callable[..., Any]
     options: Optional[Type[Any]] = None
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def parse_options(self, values: Optional[Mapping[str, Any]], where: str) -> Any:
         """Checks `values` against the options dataclass and returns an instance.
@@ -88,9 +95,14 @@ class Registry:
         self._entries: Dict[str, Entry] = {}
         self._loaded = False
 
-    def register(self, name: str, *, options: Optional[Type[Any]] = None
-                 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, name: str, *, options: Optional[Type[Any]] = None,
+                 **metadata: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering a builder or class under `name`.
+
+        Args:
+            name: The name configs use.
+            options: Dataclass of the entry's settings, or None.
+            **metadata: Stored as `Entry.metadata`.
 
         Raises:
             ValueError: `name` is already registered to something else, or
@@ -106,7 +118,7 @@ class Registry:
             if old is not None and _origin(old.target) != _origin(target):
                 raise ValueError(f"{self.what} {name!r} is already registered to "
                                  f"{old.target!r}.")
-            self._entries[name] = Entry(name, target, options)
+            self._entries[name] = Entry(name, target, options, dict(metadata))
             return target
 
         return decorate
@@ -142,3 +154,8 @@ class Registry:
 
 MODEL_KINDS = Registry("model kind")
 SCORERS = Registry("scorer")
+# `(ModelConfig) -> layer` mapping `[B, L, d]` hidden states (+ mask) to `[B, d]` or
+# `[B, M, d]`; metadata `scorer` is the scorer `ModelConfig.scorer="auto"` picks.
+EXTRACTIONS = Registry("extraction")
+# `(RunConfig) -> [Phase, ...]`: the training schedule of a loss weighting.
+WEIGHTINGS = Registry("weighting")

@@ -17,7 +17,11 @@ A run folder (`saved_models/<run>/`) holds:
 * `retrieval/scann/` and `retrieval/brute_force/`: SavedModels (ScaNN only for
   catalogues of at least 16 items) with `serving_default(history, k)` ->
   `{"ids": int64 [B, k], "scores": float32 [B, k]}`, `1 <= k <= max_k`.
-* `metrics.json` (optional): evaluation results and the training history.
+* `metrics.json` (optional): evaluation results, the training history and phases,
+  and which method trained (`method`: extraction, M, scorer, loss, item norm,
+  weighting).
+* `state/` (optional): training state of the method, one `.npz` per concern (e.g.
+  `state/idw.npz`: IDW's item weights, iteration and phase), restorable with it.
 
 This module needs neither TensorFlow nor ScaNN.
 """
@@ -35,6 +39,7 @@ FORMAT = "tfrec_proxy.run"
 # 2: scorer signatures in query_model/, manifest file list checked, causal encoder.
 FORMAT_VERSION = 2
 PAD_ID = -1
+STATE_FOLDER = "state"
 INDEXES = ("scann", "brute_force")  # in order of preference
 REQUIRED_FILES = ("manifest.json", "config.json", "vocabulary.json", "candidates.npz",
                   "query_model/saved_model.pb", "weights/checkpoint")

@@ -4,6 +4,9 @@ phases, evaluate, export. `tfrec-proxy train` is a thin wrapper around `train`.
 A method that needs several `fit` calls (pre-training, a weighted phase, a
 calibration phase with the item tower frozen) passes `phases=[Phase(...), ...]`; each
 phase may freeze sub-layers, set the per-item loss weights and add its own callbacks.
+Without `phases`, the schedule is that of the config's loss weighting
+(`TrainConfig.weighting`, registered in `tfrec_proxy.registry.WEIGHTINGS`: one plain
+phase, frequency-balanced weights, or IDW's pre-train / sleep-wake / calibration).
 """
 
 import dataclasses
@@ -25,12 +28,18 @@ from tfrec_proxy.data import (PreparedData, Vocabulary, make_dataset, make_seque
 from tfrec_proxy.data.prepare import CHUNKS
 from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
 from tfrec_proxy.export import export_run
-from tfrec_proxy.models import RetrievalModel, build_model, check_model_config
+from tfrec_proxy.metrics.clustering import silhouette_score
+from tfrec_proxy.models import (RetrievalModel, build_model, check_model_config,
+                                resolve_scorer)
+from tfrec_proxy.phases import ItemWeights, Phase
+from tfrec_proxy.registry import WEIGHTINGS
 from tfrec_proxy.run_format import RunFormatError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 EVAL_CHUNKS = CHUNKS
-ItemWeights = Union[np.ndarray, Callable[[RetrievalModel, PreparedData], np.ndarray]]
+__all__ = ["EVAL_CHUNKS", "ItemWeights", "Phase", "STRATEGIES", "TrainResult",
+           "check_train_config", "format_metrics", "get_strategy", "is_chief",
+           "restore_model", "train"]
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
@@ -56,32 +65,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     spec = resolver.cluster_spec()
     cluster = spec.as_dict() if spec else {}
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
-
-
-@dataclasses.dataclass
-class Phase:
-    """One `fit` call of a training schedule.
-
-    Attributes:
-        name: Shown in logs and stored with the history.
-        epochs: Epochs of this phase (None: `TrainConfig.epochs`).
-        frozen: Model sub-layers not trained in this phase, as attribute paths of
-            the `RetrievalModel` (e.g. `"candidate_tower"`, `"query_tower.encoder"`).
-        item_loss_weights: `[V]` per-item loss weights set before the phase, or a
-            function `(model, data) -> [V]` computing them (e.g. density weights);
-            None keeps the current weights.
-        callbacks: Keras callbacks of this phase only.
-        early_stopping: Apply the config's early stopping in this phase.
-        learning_rate: Adam learning rate of this phase (None: the config's).
-    """
-
-    name: str = "train"
-    epochs: Optional[int] = None
-    frozen: Sequence[str] = ()
-    item_loss_weights: Optional[ItemWeights] = None
-    callbacks: Sequence[tf.keras.callbacks.Callback] = ()
-    early_stopping: bool = True
-    learning_rate: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -114,6 +97,10 @@ def check_train_config(train: TrainConfig) -> None:
         raise ValueError(f"num_negatives must be >= 1, got {train.num_negatives}.")
     if train.strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {train.strategy!r}; expected one of {STRATEGIES}.")
+    entry = WEIGHTINGS.get(train.weighting)
+    check = entry.metadata.get("check")
+    if check is not None:
+        check(train)
 
 
 def _sublayer(model: RetrievalModel, path: str) -> tf.keras.layers.Layer:
@@ -182,18 +169,26 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         interactions: A pandas frame of interactions (`config.data.source =
             "dataframe"`), with the config's user/item/time column names.
         callbacks: Keras callbacks added to every phase.
-        phases: The `fit` schedule; default one phase of `config.train.epochs`.
+        phases: The `fit` schedule; default: the schedule of
+            `config.train.weighting` (for `"none"` one phase of `config.train.epochs`).
+            Giving phases with a weighting other than `"none"` is an error.
 
     Returns:
         A `TrainResult`; `history` concatenates the phases' epochs, `phases` lists
-        `{"name", "epochs"}` in order.
+        `{"name", "epochs", "seconds"}` in order (and the phase's callback
+        summaries, e.g. IDW's iterations).
     """
     config = config or RunConfig()
     check_model_config(config.model)
     check_train_config(config.train)
-    phases = list(phases) if phases is not None else [Phase()]
-    if not phases:
-        raise ValueError("phases is empty; expected at least one Phase.")
+    if phases is not None:
+        if config.train.weighting != "none":
+            raise ValueError(f"phases were given and train.weighting is "
+                             f"{config.train.weighting!r}; pass one or the other (the "
+                             "weighting builds its own phases).")
+        phases = list(phases)
+        if not phases:
+            raise ValueError("phases is empty; expected at least one Phase.")
     run_dir = None
     if export:
         run_dir = Path(output_dir) / (run_name or _run_name())
@@ -203,6 +198,8 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
     started = time.perf_counter()
     tf.keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config.data, interactions=interactions)
+    if phases is None:
+        phases = list(WEIGHTINGS.get(config.train.weighting).target(config, data))
     strategy = get_strategy(config.train.strategy)
     policy = tf.keras.mixed_precision.global_policy()
     if config.train.mixed_precision:
@@ -213,43 +210,92 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         with strategy.scope():
             model = build_model(config.model, data.vocab.size, config.data.max_len,
                                 data.sampling_probability)
+        _check_trainable(model, phases)
         global_batch = config.train.batch_size * strategy.num_replicas_in_sync
         train_ds, validation_ds = _datasets(config, data, model, global_batch)
         for phase in phases:
+            phase_started = time.perf_counter()
+            run_it = phase.prepare is None or phase.prepare(model, data) is not False
             fitted = _fit_phase(model, strategy, config, data, phase, train_ds,
-                                validation_ds, callbacks, verbose)
+                                validation_ds, callbacks, verbose) if run_it else {}
             offset = sum(p["epochs"] for p in done)
             epochs = len(fitted.get("loss", []))
             for key, values in fitted.items():
                 history.setdefault(key, [math.nan] * offset).extend(float(v) for v in values)
             for column in history.values():  # NaN where a phase did not log a key
                 column.extend([math.nan] * (offset + epochs - len(column)))
-            done.append({"name": phase.name, "epochs": epochs})
+            done.append({"name": phase.name, "epochs": epochs,
+                         "seconds": round(time.perf_counter() - phase_started, 2),
+                         **phase.summary()})
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
     train_seconds = time.perf_counter() - started
     metrics = evaluate_model(model, data, "test", ks=config.train.eval_ks,
                              num_negatives=config.train.num_negatives, seed=config.train.seed,
                              chunks=config.train.eval_chunks)
+    if data.item_clusters is not None:
+        # Clustering quality of the item vectors against the synthetic ground truth
+        # (IDW §3.2, mean silhouette).
+        metrics["items/silhouette"] = silhouette_score(
+            model.item_embeddings(data.vocab.size)[2:], data.item_clusters[2:],
+            seed=config.train.seed)
     if run_dir is not None:
         results = {"test": metrics, "data": data.summary(), "history": history,
                    "phases": done, "epochs": sum(p["epochs"] for p in done),
-                   "train_seconds": round(train_seconds, 2)}
+                   "train_seconds": round(train_seconds, 2), "method": method_summary(config)}
         stats = {"counts": data.item_counts}
         if data.item_clusters is not None:
             stats["clusters"] = data.item_clusters
+        state = _run_state(phases)
         if is_chief(strategy):
             export_run(model, run_dir, vocab=data.vocab, config=config, metrics=results,
-                       item_stats=stats)
+                       item_stats=stats, state=state)
         else:
             # Non-chief workers take part in the same steps but write to a scratch
             # folder that is thrown away, as Keras's multi-worker guide does.
             with tempfile.TemporaryDirectory() as scratch:
                 export_run(model, Path(scratch) / "run", vocab=data.vocab, config=config,
-                           metrics=results, item_stats=stats)
+                           metrics=results, item_stats=stats, state=state)
             run_dir = None
     return TrainResult(model, data, history, metrics, run_dir,
                        time.perf_counter() - started, done)
+
+
+def method_summary(config: RunConfig) -> Dict[str, Any]:
+    """Which method a run trained (for `metrics.json`): extraction, M, scorer,
+    loss, item norm and weighting."""
+    model = config.model
+    return {"extraction": model.extraction,
+            "num_interests": model.num_interests if model.extraction == "mur" else 1,
+            "scorer": resolve_scorer(model), "loss": model.loss,
+            "item_norm": model.item_norm, "weighting": config.train.weighting}
+
+
+def _check_trainable(model: RetrievalModel, phases: Sequence[Phase]) -> None:
+    """Fails before training when a phase must train a sub-layer that is frozen in
+    that phase, not trainable or without trainable weights."""
+    for phase in phases:
+        for path in phase.needs_trainable:
+            layer = _sublayer(model, path)
+            if path in phase.frozen or not layer.trainable:
+                raise ValueError(f"Phase {phase.name!r} must train {path!r}, but it is "
+                                 "frozen (IDW re-weights by the item tower's outputs, so it "
+                                 "needs a trainable item tower).")
+            if path == "candidate_tower":  # build its variables to count them
+                layer(model.candidate_features(tf.constant([2], tf.int32)))
+            if not layer.trainable_weights:
+                raise ValueError(f"Phase {phase.name!r} must train {path!r}, but it has no "
+                                 "trainable weights.")
+
+
+def _run_state(phases: Sequence[Phase]) -> Dict[str, Dict[str, np.ndarray]]:
+    """The arrays that phases' callbacks save with the run (`run_state()`)."""
+    state: Dict[str, Dict[str, np.ndarray]] = {}
+    for phase in phases:
+        for callback in phase.callbacks:
+            if hasattr(callback, "run_state"):
+                state.update(callback.run_state())
+    return state
 
 
 

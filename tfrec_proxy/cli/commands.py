@@ -100,7 +100,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if not replacing_itself and target.exists():
         raise FileExistsError(f"--output {str(target)!r} exists; choose a new folder (only "
                               "the run itself is replaced in place).")
-    from tfrec_proxy.export import export_run
+    from tfrec_proxy.export import export_run, read_state
     from tfrec_proxy.training import restore_model
 
     _quiet_absl()
@@ -110,9 +110,23 @@ def _run_export(args: argparse.Namespace) -> int:
     metrics_file = args.run / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
     export_run(model, target, vocab=vocab, config=config, metrics=metrics,
+               item_stats=_item_stats(args.run), state=read_state(args.run),
                overwrite=replacing_itself)
     print(f"exported run: {target}")
     return 0
+
+
+def _item_stats(run_dir: Any) -> Optional[Dict[str, Any]]:
+    """A run's `items.npz` back in vocabulary-index order (rows 0 and 1 zero), so a
+    re-export keeps it for reports."""
+    import numpy as np
+
+    path = run_dir / "items.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as stored:
+        return {name: np.concatenate([np.zeros(2, stored[name].dtype), stored[name]])
+                for name in stored.files if name != "ids"}
 
 
 def _run_recommend(args: argparse.Namespace) -> int:

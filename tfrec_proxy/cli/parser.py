@@ -25,6 +25,11 @@ STRATEGIES = ("default", "mirrored", "multi_worker")  # tfrec_proxy.training.STR
 EVAL_CHUNKS = ("all", "last")  # tfrec_proxy.training.EVAL_CHUNKS
 DATA_SOURCES = ("synthetic", "file")  # data.prepare.DATA_SOURCES less "dataframe"
 FILE_FORMATS = ("auto", "movielens", "sasrec", "csv", "tsv", "parquet")  # data.loaders
+EXTRACTIONS = ("last", "mean", "mur")  # registry.EXTRACTIONS (built-in names)
+SCORERS = ("auto", "dot", "mur")  # registry.SCORERS (built-in names) and "auto"
+LOSSES = ("softmax", "focal", "qmargin")  # tasks.LOSSES
+ITEM_NORMS = ("none", "train", "posthoc")  # layers.item_norm.ITEM_NORM_MODES
+WEIGHTINGS = ("none", "frequency", "idw")  # registry.WEIGHTINGS (built-in names)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -126,6 +131,22 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                type=unit_interval),
     ConfigFlag("--per-prefix", "model.all_positions", "encode every history prefix "
                "separately instead of all positions in one causal pass", const=False),
+    ConfigFlag("--extraction", "model.extraction", "user representation from the "
+               "encoder's outputs: last position, masked mean, or MUR parametric "
+               "attention (--num-interests vectors)", choices=EXTRACTIONS),
+    ConfigFlag("--num-interests", "model.num_interests", "M, the user vectors of "
+               "--extraction mur (1 = SUR)", type=positive_int),
+    ConfigFlag("--scorer", "model.scorer", "query-item affinity: dot (max over a "
+               "multi-vector query), mur (IDW eq. 4), auto (mur for --extraction mur)",
+               choices=SCORERS),
+    ConfigFlag("--loss", "model.loss", "batch softmax, focal loss or Qmargin (LDAM-style "
+               "margins ~ p(y)^-1/4)", choices=LOSSES),
+    ConfigFlag("--focal-gamma", "model.focal_gamma", "gamma of --loss focal",
+               type=_number(float, "a number >= 0", lambda value: 0 <= value < float("inf"))),
+    ConfigFlag("--qmargin-max", "model.qmargin_max", "largest margin of --loss qmargin (the "
+               "rarest item's), in logits", type=positive_float),
+    ConfigFlag("--item-norm", "model.item_norm", "L2-normalise item vectors: never, in "
+               "training and serving, or post hoc (serving only)", choices=ITEM_NORMS),
     # Training.
     ConfigFlag("--epochs", "train.epochs", "maximum training epochs", type=positive_int),
     ConfigFlag("--batch-size", "train.batch_size", "training targets per replica per step",
@@ -152,6 +173,24 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--jit-compile", "train.jit_compile", "XLA-compile the train step",
                const=True),
     ConfigFlag("--tensorboard-dir", "train.tensorboard_dir", "write TensorBoard logs here"),
+    ConfigFlag("--weighting", "train.weighting", "per-example loss weights: none, frequency "
+               "balance (1/p(y)) or IDW iterative density weighting", choices=WEIGHTINGS),
+    ConfigFlag("--idw-momentum", "train.idw.momentum", "IDW weight momentum m (eq. 9)",
+               type=unit_interval),
+    ConfigFlag("--idw-eta", "train.idw.eta", "IDW stopping threshold on ||w(t+1) - w(t)||",
+               type=positive_float),
+    ConfigFlag("--idw-max-iterations", "train.idw.max_iterations", "most IDW sleep/wake "
+               "iterations", type=positive_int),
+    ConfigFlag("--idw-wake-epochs", "train.idw.wake_epochs", "epochs per IDW wake phase",
+               type=positive_int),
+    ConfigFlag("--idw-pretrain-epochs", "train.idw.pretrain_epochs", "epochs of IDW's "
+               "unweighted pre-training (default --epochs, early stopping)",
+               type=positive_int),
+    ConfigFlag("--idw-calibration-epochs", "train.idw.calibration_epochs", "epochs of IDW's "
+               "user-tower calibration (default --epochs, early stopping)",
+               type=positive_int),
+    ConfigFlag("--no-idw-calibration", "train.idw.calibrate", "skip IDW's user-tower "
+               "calibration", const=False),
     # Export.
     ConfigFlag("--max-k", "export.max_k", "largest k served by the export",
                type=positive_int),

@@ -3,11 +3,17 @@
 The IDW paper's single user representation (SUR) takes the encoder's output at the
 most recent step or a weighted aggregate. Multi-interest extraction (MUR parametric
 attention, `[B, M, d]` outputs) is a sibling module.
+
+An extraction layer may also implement `prefix_outputs(hidden, mask)`: the
+representation of every prefix of the sequence at once (`[B, L, (M,) d]`), which
+all-positions training uses over a causal encoder. Extractions are registered in
+`tfrec_proxy.registry.EXTRACTIONS` as builders `(ModelConfig) -> layer`.
 """
 
 from typing import Any, Dict, Optional
 
 from tfrec_proxy._tf import tf
+from tfrec_proxy.registry import EXTRACTIONS
 
 EXTRACTION_MODES = ("last", "mean")
 
@@ -47,6 +53,22 @@ class SequenceExtraction(tf.keras.layers.Layer):
         total = tf.reduce_sum(hidden * weights, axis=1)
         return total / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
 
+    def prefix_outputs(self, hidden: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        """Every prefix's user vector: column j is `call` on columns `<= j`.
+
+        Args:
+            hidden: `[B, L, d]` outputs of a causal encoder.
+            mask: `[B, L]` bool, True at real positions.
+
+        Returns:
+            `[B, L, d]`.
+        """
+        if self.mode == "last":
+            return hidden
+        weights = tf.cast(mask, hidden.dtype)[:, :, tf.newaxis]
+        total = tf.cumsum(hidden * weights, axis=1)
+        return total / tf.maximum(tf.cumsum(weights, axis=1), 1.0)
+
     def compute_mask(self, hidden: tf.Tensor, mask: Optional[tf.Tensor] = None) -> None:
         return None
 
@@ -54,3 +76,15 @@ class SequenceExtraction(tf.keras.layers.Layer):
         config = super().get_config()
         config.update(mode=self.mode)
         return config
+
+
+@EXTRACTIONS.register("last")
+def build_last(config: Any) -> SequenceExtraction:
+    """The most recent position's hidden state."""
+    return SequenceExtraction("last", name="extraction")
+
+
+@EXTRACTIONS.register("mean")
+def build_mean(config: Any) -> SequenceExtraction:
+    """The masked mean of the hidden states."""
+    return SequenceExtraction("mean", name="extraction")

@@ -1,8 +1,10 @@
 """MUR: multi-interest user representations (IDW paper §3.1).
 
-* `ParametricAttention`: M learned global query vectors attend over the sequence
-  encoder's outputs (padding masked), giving M user vectors `[B, M, d]`; M = 1 is the
-  paper's SUR.
+* `ParametricAttention` (registered as extraction `"mur"`, `ModelConfig.num_interests`
+  vectors): M learned global query vectors attend over the sequence encoder's outputs
+  (padding masked), giving M user vectors `[B, M, d]`; M = 1 is the paper's SUR. Over
+  a causal encoder it also gives every prefix's vectors in one pass
+  (`prefix_outputs`), so MUR trains on all positions like the baseline.
 * `MultiInterestScorer` (eq. 4, registered as scorer `"mur"`): per candidate, a
   softmax over the M interest scores weights the interest vectors,
   `s(u, y) = sum_m w_m z_m . g(y)` with `w = softmax_m(z_m . g(y))`. TFRS's max-sim is
@@ -12,8 +14,10 @@
 from typing import Any, Dict, Optional
 
 from tfrec_proxy._tf import tf
-from tfrec_proxy.registry import SCORERS
+from tfrec_proxy.registry import EXTRACTIONS, SCORERS
 from tfrec_proxy.scoring import Scorer
+
+_MASKED = -1e9
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
@@ -60,9 +64,35 @@ class ParametricAttention(tf.keras.layers.Layer):
         logits = tf.einsum("md,bld->bml", tf.cast(self.queries, hidden.dtype), hidden)
         if mask is not None:
             logits = tf.where(mask[:, tf.newaxis, :], logits,
-                              tf.cast(-1e9, logits.dtype) * tf.ones_like(logits))
+                              tf.cast(_MASKED, logits.dtype) * tf.ones_like(logits))
         weights = tf.nn.softmax(logits, axis=-1)
         return tf.einsum("bml,bld->bmd", weights, hidden)
+
+    def prefix_outputs(self, hidden: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        """Every prefix's interests in one pass: column j attends over columns `<= j`.
+
+        With a causal encoder, column j of `hidden` depends on columns `<= j` only, so
+        row b, column j equals `call` on the history ending at column j.
+
+        Args:
+            hidden: `[B, L, d]` outputs of a causal encoder.
+            mask: `[B, L]` bool, True at real positions.
+
+        Returns:
+            `[B, L, M, d]`; columns with no real position up to them are arbitrary
+            (all-positions training never reads them).
+        """
+        if not self.built:  # called directly, not through __call__
+            self.build(hidden.shape)
+        logits = tf.einsum("md,bld->bml", tf.cast(self.queries, hidden.dtype), hidden)
+        length = tf.shape(hidden)[1]
+        # allowed[b, j, i]: key i is real and not after prefix end j.
+        causal = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)
+        allowed = tf.logical_and(causal[tf.newaxis], mask[:, tf.newaxis, :])
+        logits = tf.where(allowed[:, :, tf.newaxis, :], logits[:, tf.newaxis, :, :],
+                          tf.cast(_MASKED, logits.dtype))  # [B, L(j), M, L(i)]
+        weights = tf.nn.softmax(logits, axis=-1)
+        return tf.einsum("bjml,bld->bjmd", weights, hidden)
 
     def compute_mask(self, hidden: tf.Tensor, mask: Optional[tf.Tensor] = None) -> None:
         return None
@@ -71,6 +101,12 @@ class ParametricAttention(tf.keras.layers.Layer):
         config = super().get_config()
         config.update(num_interests=self.num_interests)
         return config
+
+
+@EXTRACTIONS.register("mur", scorer="mur")
+def build_mur(config: Any) -> ParametricAttention:
+    """MUR parametric attention with `config.num_interests` (M) vectors."""
+    return ParametricAttention(config.num_interests, name="extraction")
 
 
 @SCORERS.register("mur")

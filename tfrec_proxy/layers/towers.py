@@ -76,9 +76,9 @@ class QueryTower(tf.keras.layers.Layer):
     @property
     def supports_all_positions(self) -> bool:
         """Whether one forward pass gives every prefix's vector (`encode_positions`):
-        a causal encoder read at the last position."""
+        a causal encoder and an extraction with `prefix_outputs`."""
         return (getattr(self.encoder, "causal", False)
-                and getattr(self.extraction, "mode", None) == "last")
+                and hasattr(self.extraction, "prefix_outputs"))
 
     def encode_positions(self, features: Union[tf.Tensor, Mapping[str, tf.Tensor]],
                          training: Optional[bool] = None) -> tf.Tensor:
@@ -89,17 +89,22 @@ class QueryTower(tf.keras.layers.Layer):
             training: Keras training flag.
 
         Returns:
-            `[B, L, d]` float32: row b, column j is the vector of the history ending
-            at column j (equal, up to float error, to `call` on that prefix).
+            `[B, L, d]` (or `[B, L, M, d]`) float32: row b, column j is the
+            representation of the history ending at column j (equal, up to float
+            error, to `call` on that prefix).
 
         Raises:
-            ValueError: the tower is not causal-with-last-extraction.
+            ValueError: the encoder is not causal or the extraction has no
+                `prefix_outputs`.
         """
         if not self.supports_all_positions:
-            raise ValueError("encode_positions needs a causal encoder and extraction "
-                             "mode 'last'; set ModelConfig.all_positions=False to train "
-                             "on per-prefix examples instead.")
-        return tf.cast(self.encoder(history_of(features), training=training), tf.float32)
+            raise ValueError("encode_positions needs a causal encoder and an extraction "
+                             "with prefix_outputs; set ModelConfig.all_positions=False to "
+                             "train on per-prefix examples instead.")
+        history = history_of(features)
+        hidden = self.encoder(history, training=training)
+        return tf.cast(self.extraction.prefix_outputs(hidden, tf.not_equal(history, 0)),
+                       tf.float32)
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()

@@ -1,0 +1,1 @@
+"""Loss weighting for imbalanced catalogues: IDW density weighting and baselines."""
