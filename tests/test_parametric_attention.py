@@ -82,3 +82,17 @@ def test_eq4_is_served_through_both_indexes(tmp_path):
     scann_ids, _ = run.recommend(histories, k=10, index="scann")
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(scann_ids, expected_ids)])
     assert recall >= 0.9, recall
+
+
+def test_eq4_gradient_matches_autodiff_of_the_formula():
+    from tfrec_proxy.layers.parametric_attention import eq4_combine
+
+    scores = tf.constant(np.random.default_rng(3).normal(size=(4, 6, 5)) * 3, tf.float64)
+    upstream = tf.constant(np.random.default_rng(4).normal(size=(4, 6)), tf.float64)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(scores)
+        ours = eq4_combine(scores)
+        reference = tf.reduce_sum(tf.nn.softmax(scores, axis=-1) * scores, axis=-1)
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(tape.gradient(ours, scores, upstream).numpy(),
+                               tape.gradient(reference, scores, upstream).numpy(), rtol=1e-10)
