@@ -91,8 +91,16 @@ def test_eq4_gradient_matches_autodiff_of_the_formula():
     upstream = tf.constant(np.random.default_rng(4).normal(size=(4, 6)), tf.float64)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(scores)
-        ours = eq4_combine(scores)
+        ours = eq4_combine(*tf.unstack(scores, axis=-1))
         reference = tf.reduce_sum(tf.nn.softmax(scores, axis=-1) * scores, axis=-1)
     np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-12)
     np.testing.assert_allclose(tape.gradient(ours, scores, upstream).numpy(),
                                tape.gradient(reference, scores, upstream).numpy(), rtol=1e-10)
+
+
+def test_one_interest_is_the_dot_product():
+    queries, items = tf.random.normal([3, 1, 4]), tf.random.normal([5, 4])
+    scorer = MultiInterestScorer()
+    np.testing.assert_allclose(scorer.score_matrix(queries, items).numpy(),
+                               tf.matmul(queries[:, 0], items, transpose_b=True).numpy(),
+                               rtol=1e-6)
