@@ -1,5 +1,6 @@
 """Pipelines: configs parse, benchmark scripts run on tiny settings."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,20 @@ def test_configs_parse_and_build():
     from tfrec_proxy.models import build_model
 
     paths = sorted((PIPELINES / "configs").glob("*.json"))
-    assert [p.name for p in paths] == ["ml1m_d64.json", "ml1m_sur.json",
+    assert [p.name for p in paths] == ["ml1m_d64.json", "ml1m_idw.json", "ml1m_sur.json",
                                        "synthetic_default.json"]
     for path in paths:
         config = RunConfig.from_json(path)
         build_model(config.model, vocab_size=10, max_len=config.data.max_len)
+
+
+def test_ml1m_idw_config():
+    config = RunConfig.from_json(PIPELINES / "configs" / "ml1m_idw.json")
+    assert (config.data.source, config.data.path) == ("file", None)
+    assert (config.model.embedding_dim, config.model.extraction, config.model.scorer) == (
+        16, "mur", "auto")
+    assert (config.train.epochs, config.train.early_stopping_patience,
+            config.train.monitor) == (30, 3, "val_ndcg@20")
 
 
 def test_bench_full_ranking_smoke():
@@ -68,3 +78,101 @@ def test_sweep_baseline_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     line = out.stdout.strip().splitlines()[-1]
     assert line.startswith("[train.learning_rate=0.003;model.dropout=0.0]") and "1 epochs" in line
+
+
+def _run(script, *args, timeout=300):
+    return subprocess.run([sys.executable, str(PIPELINES / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_methods_presets():
+    sys.path.insert(0, str(PIPELINES))
+    try:
+        import methods
+    finally:
+        sys.path.remove(str(PIPELINES))
+    assert list(methods.METHODS) == ["sur", "mur", "frequency", "focal", "qmargin",
+                                     "item_norm", "posthoc", "sur_idw", "mur_idw"]
+    base = RunConfig()
+    base.train.weighting = "idw"
+    sur = methods.apply_method(base, "sur")
+    assert (sur.model.extraction, sur.model.num_interests, sur.train.weighting) == (
+        "mur", 1, "none")
+    assert base.train.weighting == "idw"  # a copy
+    mur_idw = methods.apply_method(RunConfig(), "mur_idw")
+    assert (mur_idw.model.num_interests, mur_idw.train.weighting) == (5, "idw")
+    assert methods.apply_method(RunConfig(), "posthoc").model.item_norm == "posthoc"
+    try:
+        methods.apply_method(base, "nope")
+    except ValueError as error:
+        assert "mur_idw" in str(error)
+    else:
+        raise AssertionError("unknown method accepted")
+    assert methods.mean_std([0.5, 0.7], 100) == "60.00 ± 14.14"
+    assert methods.mean_std([0.5], 100) == "50.00" and methods.mean_std([]) == "-"
+
+
+def test_repro_idw_synthetic_smoke(tmp_path):
+    results = tmp_path / "synthetic.jsonl"
+    args = ("--quick", "--num-users", "100", "--skews", "1", "--seeds", "0",
+            "--methods", "mur", "mur_idw", "--results", results)
+    out = _run("repro_idw_synthetic.py", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = results.read_text().splitlines()
+    assert len(lines) == 2
+    record = json.loads(lines[1])
+    assert (record["method"], record["skew"], record["seed"]) == ("mur_idw", 1.0, 0)
+    assert record["idw_iterations"] == 1 and record["head_clusters"] == [0]
+    assert 0 <= record["tail/hr@20"] <= 1 and -1 <= record["silhouette"] <= 1
+    again = _run("repro_idw_synthetic.py", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(results.read_text().splitlines()) == 2  # resumed: nothing to run
+    summary = _run("repro_idw_synthetic.py", "--summarize", "--results", results,
+                   "--plot", tmp_path / "plot.png")
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    assert "| MUR-IDW | 1 | 1 |" in summary.stdout
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_repro_idw_table1_smoke(tmp_path):
+    results = tmp_path / "table1.jsonl"
+    args = ("--quick", "--methods", "sur", "mur_idw", "--seeds", "0",
+            "--results", results)
+    out = _run("repro_idw_table1.py", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["method"], r["seed"]) for r in records] == [("sur", 0), ("mur_idw", 0)]
+    assert [p["name"] for p in records[1]["phases"]] == ["pretrain", "idw", "calibrate"]
+    assert records[1]["idw"]["iterations"] == 1
+    assert "full/tail/ndcg@20" in records[0]["metrics"]
+    again = _run("repro_idw_table1.py", *args)
+    assert again.returncode == 0 and "0 of 2 to run" in again.stdout, again.stderr[-3000:]
+    assert len(results.read_text().splitlines()) == 2
+    summary = _run("repro_idw_table1.py", "--summarize", "--results", results)
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    assert "| MUR-IDW | 5 | 1 |" in summary.stdout and "MUR-IDW vs SUR" in summary.stdout
+    assert "IDW overhead" in summary.stdout
+
+
+def test_repro_idw_table1_work_order():
+    sys.path.insert(0, str(PIPELINES))
+    try:
+        from methods import METHODS
+        from repro_idw_table1 import work_order
+    finally:
+        sys.path.remove(str(PIPELINES))
+
+    order = work_order(list(METHODS), [0, 1, 2], [0])
+    assert order[:4] == [("sur", 0), ("mur_idw", 0), ("mur", 0), ("sur_idw", 0)]
+    assert [m for m, _ in order[4:9]] == ["frequency", "focal", "qmargin", "item_norm",
+                                          "posthoc"]
+    assert order[9:] == [(m, s) for s in (1, 2) for m in ("sur", "mur_idw", "mur",
+                                                          "sur_idw")]
+
+
+def test_bench_mur_speed_smoke():
+    out = _run("bench_mur_speed.py", "--data", "synthetic", "--steps", "3", "--warmup",
+               "2", "--repeats", "1", "--batch-size", "64", "--min-sequences", "8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("MUR/SUR step time ratio: ") and last.endswith("(min)")

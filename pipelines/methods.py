@@ -1,0 +1,166 @@
+"""Method presets of the IDW paper's experiments and the results-file helpers they share.
+
+Not a script: `repro_idw_synthetic.py` and `repro_idw_table1.py` import it (the
+`pipelines` folder is on `sys.path` when one of them runs).
+
+`METHODS` maps a method name to `section.field` overrides of a `RunConfig` (IDW
+§4.3; M = 5 for every multi-representation method):
+
+| name | overrides |
+|---|---|
+| `sur` | MUR parametric attention with M = 1 (the paper's SUR) |
+| `mur` | parametric attention, M = 5, eq. 4 scorer (`scorer="auto"`) |
+| `frequency` | MUR + frequency-balanced loss weights (eq. 5) |
+| `focal` | MUR + focal loss |
+| `qmargin` | MUR + per-item margin `p(y)^(-1/4)` |
+| `item_norm` | MUR + L2-normalised item vectors in training and serving |
+| `posthoc` | MUR + item vectors normalised for evaluation / serving only |
+| `sur_idw` | SUR + iterative density weighting with calibration |
+| `mur_idw` | MUR + iterative density weighting with calibration |
+
+Results files are JSON lines, one object per finished run, appended and flushed
+after each run, so an interrupted grid resumes where it stopped (`done_keys`).
+"""
+
+import copy
+import hashlib
+import json
+import math
+import os
+import statistics
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+from tfrec_proxy.config import RunConfig
+
+_SUR = {"model.extraction": "mur", "model.num_interests": 1, "model.scorer": "auto"}
+_MUR = {"model.extraction": "mur", "model.num_interests": 5, "model.scorer": "auto"}
+# Every preset names every field it could differ in, so applying a preset on top of
+# a base config that already sets one of them (e.g. a weighting) gives the method.
+_DEFAULTS = {"train.weighting": "none", "model.loss": "softmax", "model.item_norm": "none"}
+
+METHODS: Dict[str, Dict[str, Any]] = {
+    "sur": {**_SUR, **_DEFAULTS},
+    "mur": {**_MUR, **_DEFAULTS},
+    "frequency": {**_MUR, **_DEFAULTS, "train.weighting": "frequency"},
+    "focal": {**_MUR, **_DEFAULTS, "model.loss": "focal"},
+    "qmargin": {**_MUR, **_DEFAULTS, "model.loss": "qmargin"},
+    "item_norm": {**_MUR, **_DEFAULTS, "model.item_norm": "train"},
+    "posthoc": {**_MUR, **_DEFAULTS, "model.item_norm": "posthoc"},
+    "sur_idw": {**_SUR, **_DEFAULTS, "train.weighting": "idw"},
+    "mur_idw": {**_MUR, **_DEFAULTS, "train.weighting": "idw"},
+}
+
+# Display names as in the paper's Table 1.
+LABELS = {"sur": "SUR", "mur": "MUR", "frequency": "Frequency Balance",
+          "focal": "Focal Balance", "qmargin": "Qmargin", "item_norm": "Item Norm",
+          "posthoc": "Item Norm (Post-hoc)", "sur_idw": "SUR-IDW", "mur_idw": "MUR-IDW"}
+
+
+def check_methods(names: Iterable[str]) -> List[str]:
+    """The names, checked against `METHODS` (ValueError naming the known ones)."""
+    names = list(names)
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {unknown}; expected some of {list(METHODS)}.")
+    return names
+
+
+def apply_method(config: RunConfig, name: str) -> RunConfig:
+    """A copy of `config` with method `name`'s overrides applied.
+
+    Raises:
+        ValueError: `name` is not in `METHODS` (the message lists them).
+    """
+    check_methods([name])
+    values = copy.deepcopy(config.to_dict())
+    for key, value in METHODS[name].items():
+        section, field = key.split(".")
+        values[section][field] = value
+    return RunConfig.from_dict(values)
+
+
+def config_hash(config: RunConfig) -> str:
+    """A short fingerprint of a resolved config (stored with each result line)."""
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def append_result(path: Union[str, Path], record: Mapping[str, Any]) -> None:
+    """Appends one JSON object as a line to `path` (created with its folder), flushed
+    and synced so a killed grid keeps every finished run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(_jsonable(record), sort_keys=True, allow_nan=True)
+    with path.open("a") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_results(path: Union[str, Path]) -> List[Dict[str, Any]]:
+    """Every record of a results file (none if it does not exist); a line that is
+    not valid JSON (a run killed mid-write) is skipped with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{number}: not a JSON line, skipped.", stacklevel=2)
+    return records
+
+
+def done_keys(records: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> Set[Tuple]:
+    """The `fields` tuples of the records, e.g. `{("sur", 0.0, 0), ...}`."""
+    return {tuple(record.get(field) for field in fields) for record in records}
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    """`"80.62 ± 0.18"`: mean and sample standard deviation (n - 1) of `values` times
+    `scale`; one value prints alone, none (or only NaNs) as `"-"`."""
+    values = [float(v) * scale for v in values
+              if v is not None and not math.isnan(float(v))]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def mean(values: Sequence[Optional[float]]) -> float:
+    """Mean of the non-missing values (NaN when there are none)."""
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return statistics.mean(values) if values else math.nan
+
+
+def std(values: Sequence[Optional[float]]) -> float:
+    """Sample standard deviation of the non-missing values (0 for one, NaN for none)."""
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not values:
+        return math.nan
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars / arrays and tuples as plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if hasattr(value, "tolist"):  # numpy scalar or array
+        return _jsonable(value.tolist())
+    return value
