@@ -102,6 +102,7 @@ def test_subset_mode_is_deterministic_per_seed():
     (np.zeros(4), np.array([0, 1, 0, 1]), {}, r"embeddings must be a real \[N, d\]"),
     (np.array([[0.0], [np.nan]]), np.array([0, 1]), {}, r"finite"),
     (np.zeros((4, 2)), np.array([0, 1, 0, 1]), {"max_points": 1}, r"max_points .*got 1"),
+    (np.zeros((4, 2)), np.array([0, 1, 0, 1]), {"seed": -1}, r"seed .*got -1"),
 ])
 def test_bad_inputs_raise(points, labels, kwargs, match):
     with pytest.raises(ValueError, match=match):

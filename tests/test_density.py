@@ -190,6 +190,7 @@ def test_monte_carlo_converges_to_exact():
     (lambda: item_density(RECTANGLE, np.zeros(4)), r"all zero"),
     (lambda: item_density(RECTANGLE, np.ones(4), bandwidth=0.0), r"bandwidth .*> 0"),
     (lambda: item_density(RECTANGLE, np.ones(4), reference_size=0), r"reference_size"),
+    (lambda: item_density(RECTANGLE, np.ones(4), seed=-1), r"seed must be an integer >= 0"),
     (lambda: kernel_density(RECTANGLE, np.ones((2, 3)), np.ones(2), 1.0),
      r"reference has shape \(2, 3\); expected \(R, 2\)"),
     (lambda: kernel_density(RECTANGLE, RECTANGLE, np.ones(3), 1.0), r"shape \(3,\)"),

@@ -158,7 +158,9 @@ class IDWConfig:
         exact_max_items: Catalogues up to this size get the exact density; larger
             ones a bounded-memory estimate against `reference_size` items drawn in
             proportion to the weights.
-        reference_size: Reference items of that estimate.
+        reference_size: Reference items of that estimate (4,096: relative
+            densities within 0.005 mean absolute error of exact on 20k items, see
+            BENCHMARKS.md).
     """
 
     momentum: float = 0.9
@@ -170,7 +172,7 @@ class IDWConfig:
     calibrate: bool = True
     bandwidth: Optional[float] = None
     exact_max_items: int = 16384
-    reference_size: int = 2048
+    reference_size: int = 4096
 
 
 @dataclasses.dataclass

@@ -19,8 +19,11 @@ Modules:
   `sample_negatives`.
 * `protocols`: `sampled_ranks`, `full_ranks` (bounded-memory tiles over the whole
   catalogue) and `evaluate_embeddings`, which runs both.
+* `clustering`: `silhouette_score` of item vectors against ground-truth clusters
+  (IDW §3.2).
 """
 
+from tfrec_proxy.metrics.clustering import silhouette_score
 from tfrec_proxy.metrics.formulas import (FIRST_ITEM, ArrayLike, hit_rate, mrr, ndcg,
                                           popularity_groups, ranks_from_scores, summarize)
 from tfrec_proxy.metrics.negatives import Exclusions, ExclusionsLike, sample_negatives
@@ -29,5 +32,5 @@ from tfrec_proxy.metrics.protocols import evaluate_embeddings, full_ranks, sampl
 __all__ = [
     "FIRST_ITEM", "ArrayLike", "Exclusions", "ExclusionsLike", "evaluate_embeddings",
     "full_ranks", "hit_rate", "mrr", "ndcg", "popularity_groups", "ranks_from_scores",
-    "sample_negatives", "sampled_ranks", "summarize",
+    "sample_negatives", "sampled_ranks", "silhouette_score", "summarize",
 ]

@@ -65,8 +65,8 @@ def silhouette_score(embeddings: np.ndarray, labels: np.ndarray,
     if max_points is not None and (isinstance(max_points, bool) or not isinstance(
             max_points, numbers.Integral) or max_points < 2):
         raise ValueError(f"max_points must be None or an integer >= 2; got {max_points!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an integer; got {seed!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed!r}.")
 
     keep = np.flatnonzero(labels >= 0)
     if max_points is not None and keep.size > max_points:

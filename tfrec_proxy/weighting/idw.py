@@ -228,8 +228,12 @@ class DensityWeighting(tf.keras.callbacks.Callback):
         model = self._model if self._model is not None else self.model
         started = time.perf_counter()
         embeddings = model.item_embeddings()
+        options = dict(self.density_options)
+        # A new reference draw per sleep (large catalogues), so eq. 9's momentum
+        # averages the Monte-Carlo noise out instead of repeating one draw's.
+        options["seed"] = options.get("seed", 0) + len(self.state.changes)
         new = update_weights(self.state.weights, embeddings, self.momentum,
-                             active=self.active, **self.density_options)
+                             active=self.active, **options)
         change = weight_change(self.state.weights, new)
         self.state.changes.append(change)
         if self.clusters is not None:
