@@ -176,3 +176,21 @@ def test_bench_mur_speed_smoke():
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("MUR/SUR step time ratio: ") and last.endswith("(min)")
+
+
+def test_bench_eq4_scorer_smoke():
+    out = _run("bench_eq4_scorer.py", "--queries", "64", "--interests", "3", "--repeats", "1",
+               "--steps", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if " ms" in line]
+    assert len(lines) == 4 and lines[-1].startswith("library")
+    # Every eq. 4 form computes the same loss.
+    losses = {line.rsplit("loss ", 1)[1] for line in lines[1:]}
+    assert len(losses) == 1, lines
+
+
+def test_bench_idw_density_smoke():
+    out = _run("bench_idw_density.py", "--sizes", "3000", "--repeats", "1",
+               "--reference-size", "256", "--exact-check-size", "1500")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "sleep phase, 3000 items" in out.stdout and "Pearson correlation" in out.stdout

@@ -153,10 +153,11 @@ def eq4_combine(*interest_scores: tf.Tensor):
 
     Written with its gradient, `d out / d s_m = p_m (1 + s_m - out)`, and with one
     2-D tensor per interest, because eq. 4 over a training batch's `[B, C]` scores is
-    memory-bound: per-interest matmuls and this elementwise combination take 31 ms
-    for a forward and backward pass of 1,605 x 1,605 x 5 scores on 2 CPU cores,
-    against 120 ms for autodiff of `softmax` over a `[B, M, C]` tensor and 51 ms for
-    autodiff of this same unrolled form. M = 1 returns the scores unchanged.
+    memory-bound: per-interest matmuls and this elementwise combination run a
+    forward and backward pass of 1,605 x 1,605 x 5 scores 3.5x faster than autodiff of
+    `softmax` over one `[B, M, C]` tensor, and 1.4x faster than autodiff of this same
+    unrolled form (`pipelines/bench_eq4_scorer.py`, BENCHMARKS.md). M = 1 returns the
+    scores unchanged.
     """
     if len(interest_scores) == 1:
         return interest_scores[0], lambda upstream: upstream
