@@ -180,7 +180,10 @@ def test_schedule_phases():
     assert phases[2].frozen == ("candidate_tower",) and phases[2].epochs == 3
     np.testing.assert_array_equal(phases[2].item_loss_weights, np.ones(4))
     config.train.idw.calibrate = False
-    assert [p.name for p in idw_schedule(config, Data())] == ["pretrain", "idw"]
+    phases = idw_schedule(config, Data())
+    assert [p.name for p in phases] == ["pretrain", "idw"]
+    phases[1].callbacks[0].on_train_end()
+    assert phases[1].callbacks[0].state.phase == "done"  # no calibration to come
     assert set(WEIGHTINGS.names()) >= {"none", "frequency", "idw"}
     with pytest.raises(ValueError, match="momentum"):
         check_idw_config(IDWConfig(momentum=2.0))

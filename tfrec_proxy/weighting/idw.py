@@ -195,6 +195,7 @@ class DensityWeighting(tf.keras.callbacks.Callback):
         self.density_options = dict(density_options or {})
         self.clusters = clusters
         self.state = state or IDWState()
+        self.next_phase = "calibrate"  # the state's phase once the loop ends
         self._model: Any = None
 
     def initial_weights(self) -> np.ndarray:
@@ -221,7 +222,7 @@ class DensityWeighting(tf.keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs: Optional[Dict[str, float]] = None) -> None:
-        self.state.phase = "calibrate"
+        self.state.phase = self.next_phase
 
     def _sleep(self) -> bool:
         """Algorithm 2; sets the next wake's weights unless converged (-> False)."""
@@ -296,6 +297,7 @@ def idw_schedule(config: Any, data: Any, state: Optional[IDWState] = None) -> Li
         density_options={"bandwidth": idw.bandwidth, "exact_max_items": idw.exact_max_items,
                          "reference_size": idw.reference_size, "seed": config.train.seed},
         clusters=data.item_clusters, state=state)
+    callback.next_phase = "calibrate" if idw.calibrate else "done"
     ones = np.ones(data.vocab.size, np.float32)
     phases = []
     if callback.state.phase == "pretrain":
