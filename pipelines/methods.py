@@ -121,6 +121,19 @@ def done_keys(records: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> Se
     return {tuple(record.get(field) for field in fields) for record in records}
 
 
+def open_grid(path: Union[str, Path], base: RunConfig, fields: Sequence[str]
+              ) -> Tuple[List[Dict[str, Any]], Set[Tuple], str]:
+    """A grid's results so far: `(records, done keys, grid hash of base)`; warns when
+    the file also holds runs made with other settings."""
+    records = read_results(path)
+    grid = config_hash(base)  # the settings shared by the whole grid
+    others = sorted({r.get("grid_hash") for r in records} - {grid}, key=str)
+    if others:
+        print(f"warning: {path} also holds runs of other settings (grid {others} vs "
+              f"{grid} now); use another --results to keep grids apart", flush=True)
+    return records, done_keys(records, fields), grid
+
+
 def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
     """`"80.62 ± 0.18"`: mean and sample standard deviation (n - 1) of `values` times
     `scale`; one value prints alone, none (or only NaNs) as `"-"`."""

@@ -50,7 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from methods import (LABELS, METHODS, append_result, apply_method, check_methods,  # noqa: E402
-                     config_hash, done_keys, markdown_table, mean, mean_std, read_results,
+                     config_hash, markdown_table, mean, mean_std, open_grid, read_results,
                      std)
 
 HERE = Path(__file__).resolve().parent
@@ -112,14 +112,7 @@ def run_grid(args: argparse.Namespace) -> None:
 
     methods = check_methods(args.methods)
     base = base_config(args)
-    records = read_results(args.results)
-    done = done_keys(records, KEY)
-    grid = config_hash(base)  # the settings shared by the whole grid
-    others = sorted({r.get("grid_hash") for r in records} - {grid}, key=str)
-    if others:
-        print(f"warning: {args.results} also holds runs of other settings (grid "
-              f"{others} vs {grid} now); use another --results to keep grids apart",
-              flush=True)
+    records, done, grid = open_grid(args.results, base, KEY)
     print(f"results: {args.results} ({len(records)} runs already there)", flush=True)
     for seed in args.seeds:
         for skew in args.skews:

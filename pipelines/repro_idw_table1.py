@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from methods import (LABELS, METHODS, append_result, apply_method, check_methods,  # noqa: E402
-                     config_hash, done_keys, markdown_table, mean, mean_std, read_results)
+                     config_hash, markdown_table, mean, mean_std, open_grid, read_results)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "configs" / "ml1m_idw.json"
@@ -101,14 +101,7 @@ def run_grid(args: argparse.Namespace) -> None:
     from tfrec_proxy.training import train
 
     base = base_config(args)
-    records = read_results(args.results)
-    done = done_keys(records, KEY)
-    grid = config_hash(base)  # the settings shared by the whole grid
-    others = sorted({r.get("grid_hash") for r in records} - {grid}, key=str)
-    if others:
-        print(f"warning: {args.results} also holds runs of other settings (grid "
-              f"{others} vs {grid} now); use another --results to keep grids apart",
-              flush=True)
+    records, done, grid = open_grid(args.results, base, KEY)
     order = work_order(check_methods(args.methods), args.seeds, args.baseline_seeds)
     todo = [(m, s) for m, s in order if (m, s) not in done]
     print(f"results: {args.results} ({len(records)} runs there; {len(todo)} of "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tfrec_proxy._tf import tf
-from tfrec_proxy.config import IDWConfig, ModelConfig, RunConfig
+from tfrec_proxy.config import IDWConfig, ModelConfig
 from tfrec_proxy.models import BuildContext, build_two_tower
 from tfrec_proxy.registry import MODEL_KINDS, WEIGHTINGS
 from tfrec_proxy.weighting.baselines import frequency_weights
