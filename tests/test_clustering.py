@@ -33,7 +33,7 @@ def test_four_points_1d_by_hand():
     # p=6: a = 2, b = (6 + 5) / 2 = 5.5 -> s = 3.5/5.5 = 7/11
     points = np.array([[0.0], [1.0], [4.0], [6.0]])
     labels = np.array([0, 0, 1, 1])
-    expected = (4 / 5 + 3 / 4 + 3 / 7 + 7 / 11) / 4  # 0.65357...
+    expected = (4 / 5 + 3 / 4 + 3 / 7 + 7 / 11) / 4  # 0.65373...
     assert silhouette_score(points, labels) == pytest.approx(expected, rel=1e-12)
 
 
