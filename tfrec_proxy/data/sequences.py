@@ -306,7 +306,8 @@ def item_frequencies(targets: np.ndarray, vocab_size: int) -> np.ndarray:
     return np.bincount(targets, minlength=vocab_size).astype(np.float64)
 
 
-def _check_counts(counts: np.ndarray) -> np.ndarray:
+def check_counts(counts: np.ndarray) -> np.ndarray:
+    """`[V]` per-item counts as float64, checked: 1-D over the vocabulary, finite, >= 0."""
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 1 or len(counts) < 3:
         raise ValueError(f"counts must be 1-D over the vocabulary (PAD, OOV and at least "
@@ -333,7 +334,7 @@ def sampling_probabilities(counts: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: counts are negative, not finite, or all zero.
     """
-    counts = _check_counts(counts)
+    counts = check_counts(counts)
     total = counts.sum()
     if total <= 0:
         raise ValueError("counts are all zero: no item frequency to turn into probabilities")
@@ -355,7 +356,7 @@ def head_item_mask(counts: np.ndarray, fraction: float = 0.2) -> np.ndarray:
     Returns:
         bool `[V]`.
     """
-    counts = _check_counts(counts)
+    counts = check_counts(counts)
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
     item_counts = counts[2:]

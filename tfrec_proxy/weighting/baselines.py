@@ -14,17 +14,15 @@ from typing import Any, List
 
 import numpy as np
 
+from tfrec_proxy.data.sequences import check_counts as check_data_counts
 from tfrec_proxy.phases import Phase
 from tfrec_proxy.registry import WEIGHTINGS
 
 
 def check_counts(counts: np.ndarray) -> np.ndarray:
-    """`[V]` training-target counts as float64, checked (finite, >= 0, some > 0)."""
-    counts = np.asarray(counts, np.float64)
-    if counts.ndim != 1:
-        raise ValueError(f"item counts must be 1-D [V], got shape {counts.shape}.")
-    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
-        raise ValueError("item counts must be finite and >= 0.")
+    """`[V]` training-target counts as float64, checked like the data's
+    (`tfrec_proxy.data.sequences.check_counts`) and not all zero."""
+    counts = check_data_counts(counts)
     if counts.sum() <= 0:
         raise ValueError("item counts are all zero: no training target to weight.")
     return counts
