@@ -38,6 +38,25 @@ def trained_run(tmp_path_factory):
     return result, result.run_dir
 
 
+PIR_FLAGS = ["--item-tower", "pir", "--num-proxies", "8", "--frequent-bias-k", "20",
+             "--attribute-dim", "8", "--attribute-noise", "0.1", "--share-item-encoder"]
+
+
+@pytest.fixture(scope="session")
+def pir_run(tmp_path_factory):
+    """A tiny run trained through the CLI with a PIR item tower shared with the history
+    encoder, MUR (2 interests) and IDW (one iteration): every method composed."""
+    from tfrec_proxy.cli import main
+
+    folder = tmp_path_factory.mktemp("cli_pir")
+    tiny_config(epochs=1).to_json(folder / "config.json")
+    code = main(["train", "--config", str(folder / "config.json"), "--output", str(folder),
+                 "--run-name", "pir", *PIR_FLAGS, "--extraction", "mur", "--num-interests",
+                 "2", "--weighting", "idw", "--idw-max-iterations", "1", "--max-k", "20"])
+    assert code == 0
+    return folder / "pir"
+
+
 def assert_round_trip(layer, *inputs):
     """Serialises and rebuilds `layer`, copies weights, compares outputs."""
     from tfrec_proxy._tf import tf

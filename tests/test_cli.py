@@ -52,8 +52,8 @@ def test_version(capsys):
 def test_every_flag_has_help_and_defaults_are_shown():
     parser = build_parser()
     verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(verbs.choices) == {"train", "config", "evaluate", "export", "recommend",
-                                  "report"}
+    assert set(verbs.choices) == {"train", "config", "evaluate", "export", "add-items",
+                                  "recommend", "report"}
     for name, sub in [("tfrec-proxy", parser), *verbs.choices.items()]:
         for action in sub._actions:
             if action.option_strings:
@@ -151,7 +151,7 @@ def test_choices_agree_with_the_library():
     assert set(cli_parser.DATA_SOURCES) == set(DATA_SOURCES) - {"dataframe"}
     assert cli_parser.FILE_FORMATS == FILE_FORMATS
     from tfrec_proxy.layers.item_norm import ITEM_NORM_MODES
-    from tfrec_proxy.registry import EXTRACTIONS, SCORERS, WEIGHTINGS
+    from tfrec_proxy.registry import EXTRACTIONS, ITEM_TOWERS, SCORERS, WEIGHTINGS
     from tfrec_proxy.tasks import LOSSES
 
     assert cli_parser.LOSSES == LOSSES and cli_parser.ITEM_NORMS == ITEM_NORM_MODES
@@ -160,6 +160,7 @@ def test_choices_agree_with_the_library():
     assert {"last", "mean", "mur"} == set(cli_parser.EXTRACTIONS)
     assert set(cli_parser.SCORERS) - {"auto"} <= set(SCORERS.names())
     assert set(cli_parser.WEIGHTINGS) == {"none", "frequency", "idw"} <= set(WEIGHTINGS.names())
+    assert set(cli_parser.ITEM_TOWERS) == {"id", "pir"} <= set(ITEM_TOWERS.names())
 
 
 def test_method_flags_set_the_config_fields():
@@ -178,11 +179,28 @@ def test_method_flags_set_the_config_fields():
         0.8, 0.001, 4, 2, False)
 
 
+def test_pir_flags_set_the_config_fields():
+    args = cli_parser.parse_args([
+        "config", "--item-tower", "pir", "--num-proxies", "16", "--frequent-bias-k", "0",
+        "--item-features", "items.tsv", "--share-item-encoder", "--attribute-dim", "8",
+        "--attribute-noise", "0.25", "--cold-items", "0.1"])
+    config = cli_parser.config_from_args(args)
+    model = config.model
+    assert (model.item_tower, model.num_proxies, model.frequent_bias_k) == ("pir", 16, 0)
+    assert model.share_item_encoder and config.data.item_features == "items.tsv"
+    assert (config.data.synthetic.attribute_dim, config.data.synthetic.attribute_noise) == (
+        8, 0.25)
+    assert config.data.cold_items == 0.1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--num-interests", "0"], "expected a positive integer, got '0'"),
     (["--idw-momentum", "1"], "expected a number in [0, 1), got '1'"),
     (["--idw-eta", "0"], "expected a positive number, got '0'"),
     (["--extraction", "capsule"], "invalid choice: 'capsule'"),
+    (["--item-tower", "bag"], "invalid choice: 'bag'"),
+    (["--num-proxies", "0"], "expected a positive integer, got '0'"),
+    (["--frequent-bias-k", "-1"], "got '-1'"),
 ])
 def test_bad_method_flags_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

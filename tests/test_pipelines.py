@@ -15,9 +15,12 @@ def test_configs_parse_and_build():
 
     paths = sorted((PIPELINES / "configs").glob("*.json"))
     assert [p.name for p in paths] == ["ml1m_d64.json", "ml1m_idw.json", "ml1m_sur.json",
+                                       "pir_ml1m.json", "pir_synthetic.json",
                                        "synthetic_default.json"]
     for path in paths:
         config = RunConfig.from_json(path)
+        build_model(config.model, vocab_size=10, max_len=config.data.max_len)
+        config.model.item_tower = "pir"  # every config also builds with the PIR tower
         build_model(config.model, vocab_size=10, max_len=config.data.max_len)
 
 
@@ -194,3 +197,27 @@ def test_bench_idw_density_smoke():
                "--reference-size", "256", "--exact-check-size", "1500")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sleep phase, 3000 items" in out.stdout and "Pearson correlation" in out.stdout
+
+
+def test_repro_pir_smoke(tmp_path):
+    results = tmp_path / "pir.jsonl"
+    out = _run("repro_pir.py", "--quick", "--methods", "id_sur", "pir_sur", "--seeds", "0",
+               "--results", results)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["method"] for r in records] == ["id_sur", "pir_sur"]
+    # No per-item table: fewer parameters than the id tower even on 200 items.
+    assert records[1]["parameters"]["candidate_tower"] < records[0]["parameters"][
+        "candidate_tower"]
+    assert "cold/full/hr@10" in records[1]["metrics"]
+    assert "full/freq9/ndcg@10" in records[1]["metrics"]
+    summary = _run("repro_pir.py", "--summarize", "--results", results)
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    assert "| PIR + SUR | 1 |" in summary.stdout
+
+
+def test_bench_add_items_smoke(tmp_path):
+    out = _run("bench_add_items.py", "--catalogue", "3000", "--sizes", "100",
+               "--build-repeats", "1", "--repeats", "1", "--results", tmp_path / "add.jsonl")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len((tmp_path / "add.jsonl").read_text().splitlines()) >= 1

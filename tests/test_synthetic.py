@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfrec_proxy.data.synthetic import generate_long_tail
+from tfrec_proxy.data.synthetic import SyntheticData, generate_long_tail
 
 
 def _role_transitions(data):
@@ -145,3 +145,105 @@ def test_item_frequencies_follow_power_law_within_clusters():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_long_tail(**{"num_users": 10, **kwargs})
+
+
+# Item attributes: x_i = mu_c + attribute_noise * eps_i, from a separate generator.
+
+_SMALL = {"num_users": 20, "num_items": 200, "num_clusters": 10, "seq_len": 5,
+          "interests_per_user": 2, "seed": 13}
+
+
+def _nearest_centroid_accuracy(data):
+    """Share of items whose attributes are nearest their own cluster's mean attributes."""
+    x = data.item_attributes.astype(np.float64)
+    labels = data.item_clusters
+    num_clusters = data.params["num_clusters"]
+    centroids = np.stack([x[labels == c].mean(axis=0) for c in range(num_clusters)])
+    distances = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    return np.mean(distances.argmin(axis=1) == labels)
+
+
+def test_attributes_default_off_and_do_not_perturb_clicks():
+    default = generate_long_tail(**_SMALL)
+    assert default.item_attributes is None
+    assert default.params["attribute_dim"] == 0 and default.params["attribute_noise"] == 0.5
+    explicit = generate_long_tail(**_SMALL, attribute_dim=0)
+    assert explicit.item_attributes is None
+    with_attributes = generate_long_tail(**_SMALL, attribute_dim=8, attribute_noise=2.0)
+    assert with_attributes.params["attribute_dim"] == 8
+    assert with_attributes.params["attribute_noise"] == 2.0
+    for other in (explicit, with_attributes):
+        pd.testing.assert_frame_equal(default.interactions, other.interactions)
+        np.testing.assert_array_equal(default.item_clusters, other.item_clusters)
+        np.testing.assert_array_equal(np.stack(default.user_interests),
+                                      np.stack(other.user_interests))
+
+
+def test_synthetic_data_without_attributes_still_constructs():
+    data = generate_long_tail(**_SMALL)
+    rebuilt = SyntheticData(interactions=data.interactions, item_clusters=data.item_clusters,
+                            user_interests=data.user_interests, params=data.params)
+    assert rebuilt.item_attributes is None
+
+
+def test_attribute_shape_and_dtype():
+    # 103 items over 10 clusters: uneven cluster sizes.
+    data = generate_long_tail(**{**_SMALL, "num_items": 103}, attribute_dim=6)
+    assert data.item_attributes.shape == (103, 6)
+    assert data.item_attributes.dtype == np.float32
+    assert np.all(np.isfinite(data.item_attributes))
+
+
+def test_zero_noise_items_of_a_cluster_share_attributes():
+    data = generate_long_tail(**{**_SMALL, "num_items": 103}, attribute_dim=4,
+                              attribute_noise=0.0)
+    x, labels = data.item_attributes, data.item_clusters
+    prototypes = []
+    for c in range(10):
+        rows = x[labels == c]
+        assert len(rows) >= 10
+        np.testing.assert_array_equal(rows, np.broadcast_to(rows[0], rows.shape))
+        prototypes.append(rows[0])
+    prototypes = np.stack(prototypes)
+    assert len(np.unique(prototypes, axis=0)) == 10
+
+
+def test_noise_scales_the_deviation_from_the_prototype():
+    # Same seed: same prototypes and eps, so x(noise) - x(0) = noise * eps.
+    base = generate_long_tail(**_SMALL, attribute_dim=5, attribute_noise=0.0)
+    unit = generate_long_tail(**_SMALL, attribute_dim=5, attribute_noise=1.0)
+    half = generate_long_tail(**_SMALL, attribute_dim=5, attribute_noise=0.5)
+    eps = unit.item_attributes.astype(np.float64) - base.item_attributes
+    np.testing.assert_allclose(half.item_attributes - base.item_attributes.astype(np.float64),
+                               0.5 * eps, atol=1e-5)
+    # eps ~ N(0, 1): 200 * 5 draws.
+    assert abs(eps.mean()) < 0.15 and abs(eps.std() - 1.0) < 0.1
+
+
+def test_nearest_centroid_recovers_clusters_at_low_noise_only():
+    clean = generate_long_tail(**_SMALL, attribute_dim=16, attribute_noise=0.1)
+    noisy = generate_long_tail(**_SMALL, attribute_dim=16, attribute_noise=10.0)
+    assert _nearest_centroid_accuracy(clean) >= 0.99
+    assert _nearest_centroid_accuracy(noisy) < 0.5
+
+
+def test_attributes_are_deterministic_for_a_seed():
+    first = generate_long_tail(**_SMALL, attribute_dim=8)
+    second = generate_long_tail(**_SMALL, attribute_dim=8)
+    np.testing.assert_array_equal(first.item_attributes, second.item_attributes)
+    other = generate_long_tail(**{**_SMALL, "seed": 14}, attribute_dim=8)
+    assert not np.array_equal(first.item_attributes, other.item_attributes)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"attribute_dim": -1}, "attribute_dim must be an integer >= 0, got -1"),
+    ({"attribute_dim": 2.5}, "attribute_dim must be an integer >= 0, got 2.5"),
+    ({"attribute_dim": True}, "attribute_dim must be an integer >= 0, got True"),
+    ({"attribute_noise": -0.1}, "attribute_noise must be a finite number >= 0, got -0.1"),
+    ({"attribute_noise": float("nan")}, "attribute_noise must be a finite number >= 0, got nan"),
+    ({"attribute_noise": float("inf")}, "attribute_noise must be a finite number >= 0, got inf"),
+    ({"attribute_noise": "1"}, "attribute_noise must be a finite number >= 0, got '1'"),
+])
+def test_bad_attribute_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate_long_tail(**{"num_users": 10, "attribute_dim": 4, **kwargs})

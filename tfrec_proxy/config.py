@@ -19,6 +19,8 @@ class SyntheticConfig:
 
     The defaults make the embedded default dataset: big enough to show a long tail,
     small enough that `tfrec-proxy train` finishes in minutes on 2 CPU cores.
+    `attribute_dim > 0` adds item attributes, noisy functions of each item's
+    cluster (`attribute_noise` the noise scale), for attribute-aware item towers.
     """
 
     num_users: int = 2000
@@ -32,6 +34,8 @@ class SyntheticConfig:
     gamma: float = 0.3
     epsilon: float = 0.1
     seed: int = 0
+    attribute_dim: int = 0
+    attribute_noise: float = 0.5
 
 
 @dataclasses.dataclass
@@ -57,6 +61,19 @@ class DataConfig:
         min_len: Chunks shorter than this are dropped; at least 3 (the validation
             and test targets each need a history). A chunk of n items gives n - 3
             training examples, one validation and one test example.
+        item_features: A table of item attributes/context (CSV, TSV or Parquet, one
+            row per item; `tfrec_proxy.data.item_features`), read by attribute-aware
+            item towers (PIR). None: for a file source, `<data file>.items.tsv`
+            beside the interactions when it exists (ML-1M's genres); for synthetic
+            data, the generator's attributes when `synthetic.attribute_dim > 0`.
+        item_feature_spec: The table's columns (`ItemFeatureSpec.from_dict` form:
+            `{"id_column": ..., "columns": {name: {"kind": ...}}}`); empty infers
+            it (`ItemFeatureSpec.infer`).
+        cold_items: Share of the items held out of training entirely (every
+            interaction with them removed), in [0, 1); each user's first
+            interaction with one becomes a cold test example (metrics `cold/...`;
+            `tfrec_proxy.data.cold_items`).
+        cold_seed: Seed of the cold-item draw.
     """
 
     source: str = "synthetic"
@@ -68,6 +85,10 @@ class DataConfig:
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
     max_len: int = 30
     min_len: int = 3
+    item_features: Optional[str] = None
+    item_feature_spec: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    cold_items: float = 0.0
+    cold_seed: int = 0
 
 
 @dataclasses.dataclass
@@ -83,8 +104,17 @@ class ModelConfig:
         num_layers: Self-attention blocks in the query tower.
         num_heads: Attention heads per block.
         dropout: Dropout rate inside the query tower.
-        item_hidden_units: Dense layer sizes of the item tower MLP; the last one
-            must equal `embedding_dim`.
+        item_hidden_units: Dense layer sizes of the id item tower's MLP; the last
+            one must equal `embedding_dim`.
+        item_tower: Registered item tower (`tfrec_proxy.registry.ITEM_TOWERS`):
+            `"id"` (id embedding + MLP) or `"pir"` (PIR proxy-based item
+            representation from the run's item features, eqs. 11-18).
+        num_proxies: n_proxy of `item_tower="pir"`.
+        frequent_bias_k: K of `item_tower="pir"`: the most frequent training items
+            that learn a proxy-weight bias (eq. 18); 0 is content-only.
+        share_item_encoder: Embed the user tower's history items with the item
+            tower (shared weights, as PIR and CARCA do) instead of the sequence
+            encoder's own id embedding.
         extraction: Registered extraction (`tfrec_proxy.registry.EXTRACTIONS`):
             how the sequence encoder's outputs become the user representation:
             `"last"` (most recent position), `"mean"` (masked mean) or `"mur"` (MUR
@@ -125,6 +155,10 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.1
     item_hidden_units: Tuple[int, ...] = (16, 16)
+    item_tower: str = "id"
+    num_proxies: int = 32
+    frequent_bias_k: int = 1000
+    share_item_encoder: bool = False
     extraction: str = "last"
     num_interests: int = 5
     scorer: str = "auto"

@@ -3,7 +3,9 @@
 IDW §4.2 protocol: HR@k/NDCG@k of the ground-truth item ranked against sampled items
 the user never interacted with (99 by default), plus the same metrics over the full
 catalogue (computed in candidate chunks), each split into head (20% most frequent)
-and tail targets and into five popularity groups (`pop1` most popular .. `pop5`).
+and tail targets, into five popularity groups of equal size (`pop1` most popular ..
+`pop5`) and into ten frequency groups of equal interaction mass (PIR §4.3: `freq0`
+most frequent .. `freq9`).
 
 This module does not import the serving code: an exported run is evaluated through
 whatever object `evaluate_run` is given (a `tfrec_proxy.serving.Run`).
@@ -17,8 +19,8 @@ import numpy as np
 from tfrec_proxy._tf import tf
 from tfrec_proxy.data.prepare import PreparedData
 from tfrec_proxy.data.sequences import Examples
-from tfrec_proxy.metrics import (Exclusions, evaluate_embeddings, popularity_groups,
-                                 sample_negatives, sampled_ranks, summarize)
+from tfrec_proxy.metrics import (Exclusions, evaluate_embeddings, frequency_groups,
+                                 popularity_groups, sample_negatives, sampled_ranks, summarize)
 from tfrec_proxy.run_format import PAD_ID
 
 
@@ -95,7 +97,8 @@ def _evaluate(data: PreparedData, examples: Examples, queries: np.ndarray, items
     options["ks"] = tuple(options["ks"])
     return evaluate_embeddings(queries, items, examples.target, scorer=scorer,
                                head_items=data.head_items,
-                               item_groups=popularity_groups(data.item_counts),
+                               item_groups={**popularity_groups(data.item_counts),
+                                            **frequency_groups(data.item_counts)},
                                exclude=exclusions(data, examples), **options)
 
 

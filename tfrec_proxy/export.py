@@ -6,7 +6,9 @@ lazily, so `from tfrec_proxy.export import load_run` keeps working without train
 code importing the serving module.
 """
 
+import dataclasses
 import datetime
+import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -19,12 +21,15 @@ from tfrec_proxy.models import resolve_scorer
 from tfrec_proxy.run_format import (FORMAT, FORMAT_VERSION, INDEXES, MIN_SCANN_CANDIDATES,
                                     PAD_ID, STATE_FOLDER, RunFormatError, read_manifest,
                                     write_atomically, write_json)
-from tfrec_proxy.savedmodels import (QueryModule, RetrievalModule, build_index,
+from tfrec_proxy.new_items import ADDED_PREFIX, ITEM_MODEL, AddedItems, added_items_for_repair
+from tfrec_proxy.registry import ITEM_TOWERS
+from tfrec_proxy.savedmodels import (ItemModule, QueryModule, RetrievalModule, build_index,
                                      pack_histories, scann_parameters)
 from tfrec_proxy.version import __version__
 
 __all__ = ["INDEXES", "MIN_SCANN_CANDIDATES", "PAD_ID", "RunFormatError", "export_run",
-           "pack_histories", "read_state", "read_manifest", "scann_parameters",
+           "pack_histories", "parameter_report", "read_item_stats", "read_state",
+           "reexport_run", "read_manifest", "scann_parameters",
            "Run", "load_run", "recommend"]
 
 
@@ -39,6 +44,7 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
                config: RunConfig, metrics: Optional[Dict[str, Any]] = None,
                item_stats: Optional[Dict[str, np.ndarray]] = None,
                state: Optional[Dict[str, Dict[str, np.ndarray]]] = None,
+               item_features: Optional[Any] = None, added_items: Optional[Any] = None,
                overwrite: bool = False) -> Path:
     """Writes a complete run folder (see `tfrec_proxy.run_format`), atomically.
 
@@ -54,6 +60,13 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
         state: Training state to keep with the run, `{file name: {array name:
             array}}`, each written as `state/<file name>` (an `.npz`), e.g. IDW's
             item weights and iteration (`tfrec_proxy.weighting.idw.IDWState`).
+        item_features: The run's `ItemFeatures` (attribute-aware item towers),
+            saved as `item_features.json` / `.npz`; None for none. With an
+            attribute-aware item tower (PIR) the tower is also saved as
+            `item_model/`, which embeds new items from their attributes.
+        added_items: Items added since training
+            (`tfrec_proxy.new_items.AddedItems`): embedded with the model's item
+            tower and put in the candidates and both indexes after the vocabulary's.
         overwrite: Replace an existing folder (else an existing folder is an error).
 
     Returns:
@@ -64,8 +77,75 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
                          "re-index the items.")
     return write_atomically(
         run_dir, lambda folder: _write_run(model, folder, vocab, config, metrics, item_stats,
-                                           state or {}),
+                                           state or {}, item_features, added_items),
         overwrite=overwrite)
+
+
+def _embed_added(model: tf.keras.Model, added: AddedItems) -> AddedItems:
+    """The added items with embeddings from the model's item tower (OOV index)."""
+    ids = tf.fill([len(added)], tf.constant(1, tf.int32))
+    vectors = model.candidate_tower({"item_id": ids, "attributes": added.attributes,
+                                     "context": added.context}, training=False)
+    return dataclasses.replace(added, embeddings=np.asarray(vectors, np.float32))
+
+
+def reexport_run(run_dir: Union[str, Path], target: Optional[Union[str, Path]] = None, *,
+                 max_k: Optional[int] = None,
+                 added: Optional[AddedItems] = None) -> Path:
+    """Rebuilds a run's model from its folder and exports it again (atomically), keeping
+    its metrics, training state, item statistics, item features and added items.
+
+    Args:
+        run_dir: The run folder.
+        target: Destination (default: replace `run_dir` in place).
+        max_k: A new largest k (default the run's).
+        added: Every item added since training (default the run's); all of them go
+            into the indexes.
+
+    Returns:
+        The written folder.
+    """
+    from tfrec_proxy.training import read_item_features, restore_model  # no cycle
+
+    run_dir = Path(run_dir)
+    target = Path(target) if target is not None else run_dir
+    model, vocab, config = restore_model(run_dir)
+    if max_k is not None:
+        config.export.max_k = max_k
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+    if added is None:
+        added = added_items_for_repair(run_dir)
+    return export_run(model, target, vocab=vocab, config=config, metrics=metrics,
+                      item_stats=read_item_stats(run_dir), state=read_state(run_dir),
+                      item_features=read_item_features(run_dir),
+                      added_items=added,
+                      overwrite=target.resolve() == run_dir.resolve())
+
+
+def read_item_stats(run_dir: Union[str, Path]) -> Optional[Dict[str, np.ndarray]]:
+    """A run's `items.npz` back in vocabulary-index order (rows 0 and 1 zero), as
+    `export_run(item_stats=...)` takes it; None when the run has none."""
+    path = Path(run_dir) / "items.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as stored:
+        return {name: np.concatenate([np.zeros(2, stored[name].dtype), stored[name]])
+                for name in stored.files if name != "ids"}
+
+
+def parameter_report(model: tf.keras.Model) -> Dict[str, int]:
+    """Trainable parameter counts: `query_tower`, `candidate_tower` (a layer shared by
+    both towers, e.g. PIR's item encoder under `share_item_encoder`, counts in each),
+    `scorer` and `total` (every trainable variable once)."""
+    def count(variables: Any) -> int:
+        unique = {id(v): v for v in variables}.values()
+        return int(sum(int(np.prod(v.shape)) for v in unique))
+
+    return {"query_tower": count(model.query_tower.trainable_variables),
+            "candidate_tower": count(model.candidate_tower.trainable_variables),
+            "scorer": count(model.scorer.trainable_variables),
+            "total": count(model.trainable_variables)}
 
 
 def read_state(run_dir: Union[str, Path]) -> Dict[str, Dict[str, np.ndarray]]:
@@ -81,19 +161,32 @@ def read_state(run_dir: Union[str, Path]) -> Dict[str, Dict[str, np.ndarray]]:
 def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: RunConfig,
                metrics: Optional[Dict[str, Any]],
                item_stats: Optional[Dict[str, np.ndarray]],
-               state: Dict[str, Dict[str, np.ndarray]]) -> None:
+               state: Dict[str, Dict[str, np.ndarray]], item_features: Optional[Any],
+               added: Optional[Any]) -> None:
     max_len = config.data.max_len
     embeddings = model.item_embeddings(vocab.size)[2:]
     ids = vocab.ids
+    if added is not None and len(added):
+        added = _embed_added(model, added)
+        ids = np.concatenate([ids, added.ids])
+        embeddings = np.concatenate([embeddings, added.embeddings])
+        added.save(folder / f"{ADDED_PREFIX}-{len(added)}.npz")
     max_k = min(config.export.max_k, len(ids))
 
     config.to_json(folder / "config.json")
     vocab.save(folder / "vocabulary.json")
     np.savez(folder / "candidates.npz", ids=ids, embeddings=embeddings)
     if item_stats:
-        np.savez(folder / "items.npz", ids=ids,
+        np.savez(folder / "items.npz", ids=vocab.ids,
                  **{name: np.asarray(values)[2:] for name, values in item_stats.items()})
     model.save_weights(str(folder / "weights" / "model"))
+    if item_features is not None:
+        item_features.save(folder)
+        if ITEM_TOWERS.get(config.model.item_tower).metadata.get("attributes"):
+            items = ItemModule(model.candidate_tower, item_features.attribute_dim,
+                               item_features.context_dim)
+            tf.saved_model.save(items, str(folder / ITEM_MODEL),
+                                signatures={"serving_default": items.embed.get_concrete_function()})
     for name, arrays in state.items():
         if not name.endswith(".npz") or "/" in name:
             raise ValueError(f"state file name {name!r} must be a plain '<name>.npz'.")
@@ -130,6 +223,10 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
         "query_features": sorted(["history", *getattr(model.query_tower, "context_specs", {})]),
         "embedding_dim": int(embeddings.shape[1]),
         "num_interests": 1 if len(query_shape) == 1 else query_shape[0],
+        "item_tower": config.model.item_tower,
+        "parameters": parameter_report(model),
+        "added_items": ({"file": f"{ADDED_PREFIX}-{len(added)}.npz", "count": len(added),
+                         "indexed": len(added)} if added is not None and len(added) else None),
         "vocab_size": vocab.size,
         "num_candidates": len(ids),
         "max_len": max_len,

@@ -24,7 +24,7 @@ from tfrec_proxy.config import ModelConfig
 from tfrec_proxy.layers.encoders import SelfAttentionEncoder
 from tfrec_proxy.layers.item_norm import ITEM_NORM_MODES, ItemNormalization
 from tfrec_proxy.layers.towers import HISTORY, ITEM_ID, ItemTower, QueryTower
-from tfrec_proxy.registry import EXTRACTIONS, MODEL_KINDS, SCORERS
+from tfrec_proxy.registry import EXTRACTIONS, ITEM_TOWERS, MODEL_KINDS, SCORERS
 from tfrec_proxy.scoring import Scorer, build_scorer
 from tfrec_proxy.tasks import LOSSES, BatchSoftmax, qmargin_margins
 
@@ -45,11 +45,17 @@ class BuildContext:
         max_len: History length L.
         sampling_probability: `[V]` in-batch sampling probabilities (logQ), or None
             when restoring (the checkpoint holds the trained table).
+        item_features: The run's item attributes/context
+            (`tfrec_proxy.data.item_features.ItemFeatures`), or None.
+        item_counts: `[V]` training-target counts (e.g. PIR's top-K items), or
+            None when restoring.
     """
 
     vocab_size: int
     max_len: int
     sampling_probability: Optional[np.ndarray] = None
+    item_features: Optional[Any] = None
+    item_counts: Optional[np.ndarray] = None
 
 
 class RetrievalModel(tfrs.Model):
@@ -216,19 +222,32 @@ class RetrievalModel(tfrs.Model):
 @MODEL_KINDS.register("two_tower")
 def build_two_tower(config: ModelConfig, options: None,
                     context: BuildContext) -> RetrievalModel:
-    """The baseline: self-attention user tower (causal when `all_positions`) and an
-    id + MLP item tower (IDW §4.4 sizes by default)."""
+    """The baseline: self-attention user tower (causal when `all_positions`) and the
+    configured item tower (`item_tower`; the id + MLP tower has IDW §4.4 sizes by
+    default); with `share_item_encoder` the user tower embeds history items with it."""
     # Training histories hold at most max_len - 3 items (leave-one-out holds out the
     # last two of a chunk of at most max_len), so only that many positions are trained.
     trained_positions = max(1, context.max_len - 3)
+    candidate_tower = build_item_tower(config, context)
     encoder = SelfAttentionEncoder(
         context.vocab_size, config.embedding_dim, context.max_len, config.num_layers,
         config.num_heads, config.dropout, causal=config.all_positions,
-        num_positions=trained_positions, oov_rate=config.history_oov_rate, name="encoder")
+        num_positions=trained_positions, oov_rate=config.history_oov_rate,
+        item_encoder=candidate_tower if config.share_item_encoder else None,
+        name="encoder")
     query_tower = QueryTower(encoder, build_extraction(config), name="query_tower")
-    candidate_tower = ItemTower(context.vocab_size, config.item_hidden_units,
-                                name="candidate_tower")
     return assemble(config, context, query_tower, candidate_tower)
+
+
+@ITEM_TOWERS.register("id")
+def build_id_tower(config: ModelConfig, context: BuildContext) -> ItemTower:
+    """The `"id"` item tower: id embedding + MLP (`item_hidden_units`)."""
+    return ItemTower(context.vocab_size, config.item_hidden_units, name="candidate_tower")
+
+
+def build_item_tower(config: ModelConfig, context: BuildContext) -> tf.keras.layers.Layer:
+    """The item tower registered as `config.item_tower` (`ITEM_TOWERS`)."""
+    return ITEM_TOWERS.get(config.item_tower).target(config, context)
 
 
 def build_extraction(config: ModelConfig) -> tf.keras.layers.Layer:
@@ -279,6 +298,12 @@ def check_model_config(config: ModelConfig) -> Any:
     entry = MODEL_KINDS.get(config.kind)
     options = entry.parse_options(config.options, "config.model.options")
     EXTRACTIONS.get(config.extraction)
+    ITEM_TOWERS.get(config.item_tower)
+    for name in ("num_proxies", "frequent_bias_k"):
+        value = getattr(config, name)
+        low = 1 if name == "num_proxies" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
     SCORERS.get(resolve_scorer(config)).parse_options(config.scorer_options,
                                                       "config.model.scorer_options")
     if isinstance(config.num_interests, bool) or not isinstance(config.num_interests, int) \
@@ -302,7 +327,9 @@ def check_model_config(config: ModelConfig) -> Any:
 
 
 def build_model(config: ModelConfig, vocab_size: int, max_len: int,
-                sampling_probability: Optional[np.ndarray] = None) -> RetrievalModel:
+                sampling_probability: Optional[np.ndarray] = None, *,
+                item_features: Optional[Any] = None,
+                item_counts: Optional[np.ndarray] = None) -> RetrievalModel:
     """Builds the model of kind `config.kind` (registered in `MODEL_KINDS`).
 
     Args:
@@ -311,6 +338,9 @@ def build_model(config: ModelConfig, vocab_size: int, max_len: int,
         max_len: History length L.
         sampling_probability: `[vocab_size]` in-batch sampling probabilities; used
             only when `config.logq_correction`.
+        item_features: Item attributes/context aligned with the vocabulary
+            (`ItemFeatures`), for attribute-aware item towers.
+        item_counts: `[vocab_size]` training counts (PIR's top-K items).
 
     Returns:
         An uncompiled `RetrievalModel`.
@@ -319,5 +349,6 @@ def build_model(config: ModelConfig, vocab_size: int, max_len: int,
     if sampling_probability is not None and len(sampling_probability) != vocab_size:
         raise ValueError(f"sampling_probability has {len(sampling_probability)} entries; "
                          f"expected vocab_size={vocab_size}.")
-    context = BuildContext(vocab_size, max_len, sampling_probability)
+    context = BuildContext(vocab_size, max_len, sampling_probability, item_features,
+                           item_counts)
     return MODEL_KINDS.get(config.kind).target(config, options, context)

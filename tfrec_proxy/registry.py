@@ -1,11 +1,12 @@
-"""Registries: model kinds, scorers, extractions and loss weightings by name.
+"""Registries: model kinds, scorers, extractions, item towers and loss weightings by name.
 
 A new method is one module plus a registration: the module decorates its builder (or
 scorer class) with `MODEL_KINDS.register(...)` / `SCORERS.register(...)` /
-`EXTRACTIONS.register(...)` / `WEIGHTINGS.register(...)` and its module
-name is added to `BUILTIN_MODULES` below, so that looking a name up imports it. Build,
-restore, export and evaluation then find it by the name stored in the run's
-`config.json` (`model.kind`, `model.scorer`) and `manifest.json` (`model_kind`).
+`EXTRACTIONS.register(...)` / `ITEM_TOWERS.register(...)` / `WEIGHTINGS.register(...)`
+and its module name is added to `BUILTIN_MODULES` below, so that looking a name up
+imports it. Build, restore, export and evaluation then find it by the name stored in
+the run's `config.json` (`model.kind`, `model.scorer`, `model.item_tower`) and
+`manifest.json` (`model_kind`).
 
 This module imports neither TensorFlow nor the registered modules until a name is
 looked up, so configs can be checked cheaply.
@@ -32,6 +33,7 @@ BUILTIN_MODULES: Tuple[str, ...] = (
     "tfrec_proxy.models",
     "tfrec_proxy.layers.extraction",  # extractions "last", "mean"
     "tfrec_proxy.layers.parametric_attention",  # MUR: extraction and scorer "mur"
+    "tfrec_proxy.layers.pir",  # PIR: item tower "pir"
     "tfrec_proxy.weighting.baselines",  # weightings "none", "frequency"
     "tfrec_proxy.weighting.idw",  # weighting "idw"
 )
@@ -157,5 +159,10 @@ SCORERS = Registry("scorer")
 # `(ModelConfig) -> layer` mapping `[B, L, d]` hidden states (+ mask) to `[B, d]` or
 # `[B, M, d]`; metadata `scorer` is the scorer `ModelConfig.scorer="auto"` picks.
 EXTRACTIONS = Registry("extraction")
+# `(ModelConfig, BuildContext) -> layer` mapping a candidate feature dict
+# (`{"item_id": [...]}`, plus what the tower reads) to `[..., d]` item vectors;
+# metadata `attributes=True`: it also embeds `{"attributes", "context"}` of items
+# outside the vocabulary (new items, `tfrec_proxy.new_items`).
+ITEM_TOWERS = Registry("item tower")
 # `(RunConfig) -> [Phase, ...]`: the training schedule of a loss weighting.
 WEIGHTINGS = Registry("weighting")

@@ -20,6 +20,9 @@ A run folder (`saved_models/<run>/`) holds:
 * `metrics.json` (optional): evaluation results, the training history and phases,
   and which method trained (`method`: extraction, M, scorer, loss, item norm,
   weighting).
+* `item_features.json` + `item_features.npz` (optional): the fitted item feature
+  spec and the `[V, d_A]` attributes / `[V, d_C]` context by item index, for
+  attribute-aware item towers (PIR) and for embedding items added later.
 * `state/` (optional): training state of the method, one `.npz` per concern (e.g.
   `state/idw.npz`: IDW's item weights, iteration and phase), restorable with it.
 

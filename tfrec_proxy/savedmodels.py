@@ -102,6 +102,31 @@ class QueryModule(tf.Module):
                 "score_candidates": self.score_candidates.get_concrete_function()}
 
 
+class ItemModule(tf.Module):
+    """Item attributes (+ context) -> item vectors through the run's item tower, for
+    items outside the vocabulary (they get the OOV index: no per-item parameters).
+
+    Args:
+        candidate_tower: The trained item tower (takes `"attributes"` / `"context"`).
+        attribute_dim: d_A.
+        context_dim: d_C.
+    """
+
+    def __init__(self, candidate_tower: tf.keras.layers.Layer, attribute_dim: int,
+                 context_dim: int) -> None:
+        super().__init__()
+        self.candidate_tower = candidate_tower
+        self.embed = tf.function(self._embed, input_signature=[
+            tf.TensorSpec([None, attribute_dim], tf.float32, name="attributes"),
+            tf.TensorSpec([None, context_dim], tf.float32, name="context")])
+
+    def _embed(self, attributes: tf.Tensor, context: tf.Tensor) -> Dict[str, tf.Tensor]:
+        ids = tf.fill(tf.shape(attributes)[:1], tf.constant(Vocabulary.OOV, tf.int32))
+        vectors = self.candidate_tower({"item_id": ids, "attributes": attributes,
+                                        "context": context}, training=False)
+        return {"embedding": tf.cast(vectors, tf.float32)}
+
+
 class ScorerBruteForce(tfrs.layers.factorized_top_k.BruteForce):
     """TFRS `BruteForce` scoring the catalogue with a run's scorer (any query shape)."""
 

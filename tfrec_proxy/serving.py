@@ -86,12 +86,49 @@ class Run:
         self.manifest = read_manifest(self.path)
         self.config = RunConfig.from_json(self.path / "config.json")
         self.vocab = Vocabulary.load(self.path / "vocabulary.json")
-        with np.load(self.path / "candidates.npz") as candidates:
-            self.candidate_ids = candidates["ids"]
-            self.candidate_embeddings = candidates["embeddings"]
         self._query_model = tf.saved_model.load(str(self.path / "query_model"))
         self.scorer = SavedScorer(self._query_model)
+        self._load_candidates()
+
+    def _load_candidates(self) -> None:
+        """Reads the catalogue: the indexed candidates, then the exact delta segment
+        of items added since the last index build (`tfrec_proxy.new_items`)."""
+        from tfrec_proxy.new_items import delta_segment
+
+        with np.load(self.path / "candidates.npz") as candidates:
+            ids, embeddings = candidates["ids"], candidates["embeddings"]
+        self.delta = delta_segment(self.path, self.manifest)
+        if self.delta is not None:
+            ids = np.concatenate([ids, self.delta.ids])
+            embeddings = np.concatenate([embeddings, self.delta.embeddings])
+        self.candidate_ids, self.candidate_embeddings = ids, embeddings
         self._indexes: Dict[str, Any] = {}
+
+    def add_items(self, item_ids: Sequence[int], attributes: Any,
+                  context: Optional[np.ndarray] = None, *, rebuild: Optional[bool] = None
+                  ) -> Dict[str, Any]:
+        """Adds items never seen in training, embedded from their attributes by the
+        run's item tower (PIR), so `recommend` can return them (also in other
+        processes that load the folder afterwards). See
+        `tfrec_proxy.new_items.add_items` for the arguments and the atomic update.
+
+        Example:
+
+            run = load_run("saved_models/pir")
+            run.add_items([5001, 5002], pd.DataFrame({"genres": ["Comedy", "Drama"]}))
+            ids, scores = run.recommend([[12, 40, 7]], k=10)  # may hold 5001, 5002
+        """
+        from tfrec_proxy.new_items import add_items
+
+        report = add_items(self.path, item_ids, attributes, context, rebuild=rebuild)
+        self.manifest = read_manifest(self.path)
+        self._load_candidates()
+        return report
+
+    @property
+    def items_added(self) -> int:
+        """Items added since training (`add_items`), indexed or in the delta."""
+        return int((self.manifest.get("added_items") or {}).get("count", 0))
 
     @property
     def model_kind(self) -> str:
@@ -296,9 +333,22 @@ class Run:
                   context: Optional[Dict[str, tf.Tensor]] = None
                   ) -> Tuple[np.ndarray, np.ndarray]:
         result = retrieval.signatures["serving_default"](
-            history=tf.constant(padded, tf.int64), k=tf.constant(k, tf.int32),
+            history=tf.constant(padded, tf.int64), k=tf.constant(min(k, self.max_k),
+                                                                  tf.int32),
             **(context or {}))
-        return result["ids"].numpy(), result["scores"].numpy()
+        ids, scores = result["ids"].numpy(), result["scores"].numpy()
+        if self.delta is None:
+            return ids, scores
+        # Items added since the index was built: scored exactly with the run's scorer
+        # and merged with the index's top k.
+        queries = self._query_model.signatures["serving_default"](
+            history=tf.constant(padded, tf.int64), **(context or {}))["embedding"]
+        delta_scores = self.scorer.score_matrix(queries, self.delta.embeddings).numpy()
+        scores = np.concatenate([scores, delta_scores], axis=1)
+        ids = np.concatenate([ids, np.broadcast_to(self.delta.ids, delta_scores.shape)],
+                             axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(ids, top, axis=1), np.take_along_axis(scores, top, axis=1)
 
     def _unknown(self, batch: List[List[int]]) -> List[List[int]]:
         flat = np.fromiter((i for history in batch for i in history), np.int64)

@@ -33,13 +33,14 @@ from tfrec_proxy.models import (RetrievalModel, build_model, check_model_config,
                                 resolve_scorer)
 from tfrec_proxy.phases import ItemWeights, Phase
 from tfrec_proxy.registry import WEIGHTINGS
+from tfrec_proxy.data.item_features import SPEC_FILE, ItemFeatures
 from tfrec_proxy.run_format import RunFormatError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 EVAL_CHUNKS = CHUNKS
 __all__ = ["EVAL_CHUNKS", "ItemWeights", "Phase", "STRATEGIES", "TrainResult",
            "check_train_config", "format_metrics", "get_strategy", "is_chief",
-           "restore_model", "train"]
+           "read_item_features", "restore_model", "train"]
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
@@ -209,7 +210,8 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
     try:
         with strategy.scope():
             model = build_model(config.model, data.vocab.size, config.data.max_len,
-                                data.sampling_probability)
+                                data.sampling_probability, item_features=data.item_features,
+                                item_counts=data.item_counts)
         _check_trainable(model, phases)
         global_batch = config.train.batch_size * strategy.num_replicas_in_sync
         train_ds, validation_ds = _datasets(config, data, model, global_batch)
@@ -233,6 +235,12 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
     metrics = evaluate_model(model, data, "test", ks=config.train.eval_ks,
                              num_negatives=config.train.num_negatives, seed=config.train.seed,
                              chunks=config.train.eval_chunks)
+    if data.cold is not None and len(data.cold):
+        # Items held out of training entirely (DataConfig.cold_items).
+        cold = evaluate_model(model, data, "cold", ks=config.train.eval_ks,
+                              num_negatives=config.train.num_negatives, seed=config.train.seed)
+        metrics.update({f"cold/{key}": value for key, value in cold.items()
+                        if "/pop" not in key and "/freq" not in key})
     if data.item_clusters is not None:
         # Clustering quality of the item vectors against the synthetic ground truth
         # (IDW §3.2, mean silhouette).
@@ -249,23 +257,24 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         state = _run_state(phases)
         if is_chief(strategy):
             export_run(model, run_dir, vocab=data.vocab, config=config, metrics=results,
-                       item_stats=stats, state=state)
+                       item_stats=stats, state=state, item_features=data.item_features)
         else:
             # Non-chief workers take part in the same steps but write to a scratch
             # folder that is thrown away, as Keras's multi-worker guide does.
             with tempfile.TemporaryDirectory() as scratch:
                 export_run(model, Path(scratch) / "run", vocab=data.vocab, config=config,
-                           metrics=results, item_stats=stats, state=state)
+                           metrics=results, item_stats=stats, state=state,
+                           item_features=data.item_features)
             run_dir = None
     return TrainResult(model, data, history, metrics, run_dir,
                        time.perf_counter() - started, done)
 
 
 def method_summary(config: RunConfig) -> Dict[str, Any]:
-    """Which method a run trained (for `metrics.json`): extraction, M, scorer,
-    loss, item norm and weighting."""
+    """Which method a run trained (for `metrics.json`): item tower, extraction, M,
+    scorer, loss, item norm and weighting."""
     model = config.model
-    return {"extraction": model.extraction,
+    return {"item_tower": model.item_tower, "extraction": model.extraction,
             "num_interests": model.num_interests if model.extraction == "mur" else 1,
             "scorer": resolve_scorer(model), "loss": model.loss,
             "item_norm": model.item_norm, "weighting": config.train.weighting}
@@ -345,13 +354,20 @@ def restore_model(run_dir: Union[str, Path]) -> Tuple[RetrievalModel, Vocabulary
                              f"{missing}; expected a run folder written by `tfrec-proxy train`.")
     config = RunConfig.from_json(run_dir / "config.json")
     vocab = Vocabulary.load(run_dir / "vocabulary.json")
-    model = build_model(config.model, vocab.size, config.data.max_len)
+    model = build_model(config.model, vocab.size, config.data.max_len,
+                        item_features=read_item_features(run_dir))
     # Create the towers' variables so the checkpoint restores into them now.
     model.query_tower({"history": tf.zeros([1, config.data.max_len], tf.int32)})
     model.candidate_tower(model.candidate_features(tf.zeros([1], tf.int32)))
     status = model.load_weights(str(run_dir / "weights" / "model"))
     status.expect_partial().assert_existing_objects_matched()
     return model, vocab, config
+
+
+def read_item_features(run_dir: Union[str, Path]) -> Optional[ItemFeatures]:
+    """A run folder's item features (`item_features.json` / `.npz`), or None."""
+    run_dir = Path(run_dir)
+    return ItemFeatures.load(run_dir) if (run_dir / SPEC_FILE).exists() else None
 
 
 def format_metrics(metrics: Dict[str, Any]) -> str:

@@ -100,33 +100,22 @@ def _run_export(args: argparse.Namespace) -> int:
     if not replacing_itself and target.exists():
         raise FileExistsError(f"--output {str(target)!r} exists; choose a new folder (only "
                               "the run itself is replaced in place).")
-    from tfrec_proxy.export import export_run, read_state
-    from tfrec_proxy.training import restore_model
+    from tfrec_proxy.export import reexport_run
 
     _quiet_absl()
-    model, vocab, config = restore_model(args.run)
-    if args.max_k is not None:
-        config.export.max_k = args.max_k
-    metrics_file = args.run / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
-    export_run(model, target, vocab=vocab, config=config, metrics=metrics,
-               item_stats=_item_stats(args.run), state=read_state(args.run),
-               overwrite=replacing_itself)
+    reexport_run(args.run, target, max_k=args.max_k)
     print(f"exported run: {target}")
     return 0
 
 
-def _item_stats(run_dir: Any) -> Optional[Dict[str, Any]]:
-    """A run's `items.npz` back in vocabulary-index order (rows 0 and 1 zero), so a
-    re-export keeps it for reports."""
-    import numpy as np
+def _run_add_items(args: argparse.Namespace) -> int:
+    from tfrec_proxy.new_items import add_items, read_new_items
 
-    path = run_dir / "items.npz"
-    if not path.exists():
-        return None
-    with np.load(path) as stored:
-        return {name: np.concatenate([np.zeros(2, stored[name].dtype), stored[name]])
-                for name in stored.files if name != "ids"}
+    _quiet_absl()
+    ids, frame = read_new_items(args.run, args.items)
+    report = add_items(args.run, ids, frame, rebuild=args.rebuild)
+    print(json.dumps(report, sort_keys=True))
+    return 0
 
 
 def _run_recommend(args: argparse.Namespace) -> int:
@@ -206,7 +195,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 HANDLERS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _run_train, "config": _run_config, "evaluate": _run_evaluate,
-    "export": _run_export, "recommend": _run_recommend, "report": _run_report,
+    "export": _run_export, "add-items": _run_add_items, "recommend": _run_recommend,
+    "report": _run_report,
 }
 _LOADS_TENSORFLOW = ("train", "evaluate", "export", "recommend")
 

@@ -30,6 +30,7 @@ SCORERS = ("auto", "dot", "mur")  # registry.SCORERS (built-in names) and "auto"
 LOSSES = ("softmax", "focal", "qmargin")  # tasks.LOSSES
 ITEM_NORMS = ("none", "train", "posthoc")  # layers.item_norm.ITEM_NORM_MODES
 WEIGHTINGS = ("none", "frequency", "idw")  # registry.WEIGHTINGS (built-in names)
+ITEM_TOWERS = ("id", "pir")  # registry.ITEM_TOWERS (built-in names)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -120,7 +121,28 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "(--seed does not change the data)", type=int),
     ConfigFlag("--max-len", "data.max_len", "history length; longer sequences are split",
                type=positive_int),
+    ConfigFlag("--item-features", "data.item_features", "item attribute table (CSV/TSV/"
+               "Parquet, one row per item) for --item-tower pir (default: <data file>"
+               ".items.tsv beside the interactions when present, e.g. ML-1M's genres)"),
+    ConfigFlag("--cold-items", "data.cold_items", "share of the items held out of training "
+               "entirely, evaluated as cold items (metrics cold/...)", type=unit_interval),
+    ConfigFlag("--attribute-dim", "data.synthetic.attribute_dim", "synthetic item "
+               "attributes per item, noisy functions of its cluster (0 = none)",
+               type=non_negative_int),
+    ConfigFlag("--attribute-noise", "data.synthetic.attribute_noise", "noise scale of the "
+               "synthetic item attributes",
+               type=_number(float, "a number >= 0", lambda value: 0 <= value < float("inf"))),
     # Model.
+    ConfigFlag("--item-tower", "model.item_tower", "item tower: id embedding + MLP, or "
+               "PIR proxy-based representation from the item features", choices=ITEM_TOWERS),
+    ConfigFlag("--num-proxies", "model.num_proxies", "n_proxy, the proxy embeddings of "
+               "--item-tower pir", type=positive_int),
+    ConfigFlag("--frequent-bias-k", "model.frequent_bias_k", "K, the most frequent items "
+               "with a learned proxy-weight bias (--item-tower pir; 0 = content only)",
+               type=non_negative_int),
+    ConfigFlag("--share-item-encoder", "model.share_item_encoder", "embed history items "
+               "with the item tower (shared weights) instead of the encoder's id table",
+               const=True),
     ConfigFlag("--embedding-dim", "model.embedding_dim", "output size of both towers "
                "(also the item tower's last layer)", type=positive_int),
     ConfigFlag("--num-layers", "model.num_layers", "self-attention blocks in the query "
@@ -292,6 +314,20 @@ def build_parser() -> ArgumentParser:
                         help="largest k served (default: the run config's export.max_k)")
     export.add_argument("--output", type=Path,
                         help="new run folder (default: replace --run in place)")
+
+    add_items = verb("add-items", "add items never seen in training to an exported run, "
+                     "embedded from their attributes (runs with --item-tower pir)")
+    add_items.add_argument("--run", required=True, type=Path, help="run folder")
+    add_items.add_argument("--items", required=True, type=Path, metavar="FILE",
+                           help="CSV/TSV/Parquet table of the new items: the run's item "
+                           "id column and feature columns")
+    rebuild = add_items.add_mutually_exclusive_group()
+    rebuild.add_argument("--rebuild", action="store_true", default=None,
+                         help="rebuild the indexes with the new items (default: an exact "
+                         "delta segment merged at query time while it holds at most 1%% "
+                         "of the catalogue or 1,000 items, else rebuild)")
+    rebuild.add_argument("--no-rebuild", dest="rebuild", action="store_false",
+                         help="keep the new items in the delta segment, however many")
 
     _add_recommend(verb("recommend", "top-k items for one history or a file of them"))
 

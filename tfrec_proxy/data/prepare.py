@@ -13,14 +13,18 @@ import numpy as np
 import pandas as pd
 
 from tfrec_proxy.config import DataConfig
+from tfrec_proxy.data.cold_items import choose_cold_items, hold_out_items
 from tfrec_proxy.data.examples import Examples
 from tfrec_proxy.data.frames import LoadReport, validate_interactions
-from tfrec_proxy.data.loaders import default_data_dir, load_interactions
+from tfrec_proxy.data.item_features import (ItemFeatureSpec, ItemFeatures,
+                                            item_features_for_vocab, load_item_features,
+                                            synthetic_item_spec, synthetic_item_table)
+from tfrec_proxy.data.loaders import DATA_FILE_NAMES, default_data_dir, load_interactions
 from tfrec_proxy.data.sequences import (SequenceSplit, group_sequences,
                                         head_item_mask, item_frequencies, leave_one_out,
                                         sampling_probabilities, split_long_sequences,
                                         user_item_sets)
-from tfrec_proxy.data.synthetic import generate_long_tail
+from tfrec_proxy.data.synthetic import SyntheticData, generate_long_tail
 from tfrec_proxy.data.tables import select_columns
 from tfrec_proxy.data.vocab import Vocabulary
 
@@ -43,6 +47,12 @@ class PreparedData:
         item_clusters: `[V]` ground-truth cluster per item index for synthetic data
             (-1 for padding/OOV), None for files and data frames.
         dropped_interactions: Interactions in chunks too short to keep.
+        item_features: Item attributes/context aligned with the vocabulary
+            (`DataConfig.item_features`, or the synthetic generator's attributes),
+            None when there are none.
+        cold_items: bool `[V]`, the items held out of training entirely
+            (`DataConfig.cold_items`), None when none are.
+        cold: The cold examples (warm history -> a held-out item), or None.
     """
 
     interactions: pd.DataFrame
@@ -54,9 +64,13 @@ class PreparedData:
     report: Optional[LoadReport]
     item_clusters: Optional[np.ndarray]
     dropped_interactions: int
+    item_features: Optional[ItemFeatures] = None
+    cold_items: Optional[np.ndarray] = None
+    cold: Optional[Examples] = None
 
     def examples(self, name: str, chunks: str = "all") -> Examples:
-        """The `"train"`, `"validation"` or `"test"` examples.
+        """The `"train"`, `"validation"`, `"test"` (or, with cold items, `"cold"`)
+        examples.
 
         Args:
             name: The split.
@@ -69,6 +83,8 @@ class PreparedData:
         """
         splits = {"train": self.split.train, "validation": self.split.validation,
                   "test": self.split.test}
+        if self.cold is not None:
+            splits["cold"] = self.cold
         if name not in splits:
             raise ValueError(f"Unknown split {name!r}; expected one of {sorted(splits)}.")
         if chunks not in CHUNKS:
@@ -77,7 +93,9 @@ class PreparedData:
         return examples if chunks == "all" else examples.select(examples.last_chunk)
 
     def summary(self) -> Dict[str, int]:
-        return {"interactions": len(self.interactions),
+        cold = {} if self.cold is None else {
+            "cold_items": int(self.cold_items.sum()), "cold_examples": len(self.cold)}
+        return {**cold, "interactions": len(self.interactions),
                 "users": int(self.interactions["user_id"].nunique()),
                 "items": len(self.vocab.ids),
                 "train_examples": len(self.split.train),
@@ -137,6 +155,7 @@ def prepare_data(config: DataConfig,
                          "source='file'.")
     report = None
     clusters_by_id = None
+    synthetic = None
     if config.source == "synthetic":
         synthetic = generate_long_tail(**dataclasses.asdict(config.synthetic))
         interactions = synthetic.interactions
@@ -159,6 +178,11 @@ def prepare_data(config: DataConfig,
     # Every item a user touched, dropped short chunks included, is excluded from the
     # sampled negatives ("items the user has not interacted with", IDW §4.2).
     user_items = user_item_sets(users, sequences)
+    cold_items = cold = None
+    if config.cold_items:
+        cold_items = choose_cold_items(sequences, vocab.size, config.cold_items,
+                                       config.cold_seed)
+        sequences, cold = hold_out_items(users, sequences, cold_items, config.max_len)
     chunk_users, chunks, dropped = split_long_sequences(users, sequences, config.max_len,
                                                         config.min_len)
     if not chunks:
@@ -176,4 +200,38 @@ def prepare_data(config: DataConfig,
         item_clusters = np.full(vocab.size, -1, np.int64)
         item_clusters[2:] = clusters_by_id.cluster_of(vocab.ids)
     return PreparedData(interactions, vocab, split, counts, sampling_probabilities(counts),
-                        head_item_mask(counts), report, item_clusters, dropped)
+                        head_item_mask(counts), report, item_clusters, dropped,
+                        _item_features(config, vocab, synthetic), cold_items, cold)
+
+
+def item_features_path(config: DataConfig) -> Optional[Path]:
+    """The item feature table a config reads: `config.item_features`, or for a file
+    source without one `<data file>.items.tsv` beside the interactions when it exists
+    (e.g. `ml-1m.txt.items.tsv`, ML-1M's genres); None for none."""
+    if config.item_features:
+        return Path(config.item_features)
+    if config.source != "file":
+        return None
+    path = resolve_data_path(config.path)
+    files = [path / name for name in DATA_FILE_NAMES] if path.is_dir() else [path]
+    for file in files:
+        beside = file.with_name(file.name + ".items.tsv")
+        if file.exists() and beside.exists():
+            return beside
+    return None
+
+
+def _item_features(config: DataConfig, vocab: Vocabulary,
+                   synthetic: Optional[SyntheticData]) -> Optional[ItemFeatures]:
+    spec = ItemFeatureSpec.from_dict(config.item_feature_spec) \
+        if config.item_feature_spec else None
+    path = item_features_path(config)
+    if path is not None:
+        return load_item_features(path, vocab, spec)
+    if synthetic is not None and synthetic.item_attributes is not None:
+        ids = np.arange(1, len(synthetic.item_attributes) + 1)
+        table = synthetic_item_table(ids, synthetic.item_attributes)
+        synthetic_spec = synthetic_item_spec(width=synthetic.item_attributes.shape[1])
+        return item_features_for_vocab(table, vocab, spec or synthetic_spec,
+                                       source="synthetic item attributes")
+    return None

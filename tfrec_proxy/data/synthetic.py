@@ -5,11 +5,19 @@ clusters, walks a Markov chain over the clusters (eq. 12) and clicks one item of
 current cluster per step, drawn from a power law over that cluster's items. The ground
 truth (the item -> cluster map and each user's `Y_u`) is returned with the clicks, so
 that learned item representations can be checked against it.
+
+Optionally (`attribute_dim > 0`) every item also gets a dense attribute vector that is a
+noisy function of its cluster: cluster c has a prototype `mu_c ~ N(0, I)` and item i of
+cluster c gets `x_i = mu_c + attribute_noise * eps_i`, `eps_i ~ N(0, I)`. Attribute-based
+item towers can then be tested on tail and unseen items, whose ids carry little or no
+click signal but whose attributes still reveal the cluster. The attributes come from a
+separate random generator drawn after everything else, so the clicks for a seed do not
+depend on `attribute_dim` or `attribute_noise`.
 """
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import numpy.typing as npt
@@ -32,12 +40,16 @@ class SyntheticData:
         user_interests: one int64 array per user (user id `u` at position `u - 1`): the
             user's interest clusters `Y_u`, sorted ascending.
         params: the arguments of `generate_long_tail` that produced the data.
+        item_attributes: float32 `[num_items, attribute_dim]`; row `i - 1` holds the
+            attributes of item id `i` (its cluster's prototype plus Gaussian noise, see
+            `generate_long_tail`). None when generated with `attribute_dim=0`.
     """
 
     interactions: pd.DataFrame
     item_clusters: np.ndarray
     user_interests: List[np.ndarray]
     params: Dict[str, Any]
+    item_attributes: Optional[np.ndarray] = None
 
     def cluster_of(self, item_ids: npt.ArrayLike) -> np.ndarray:
         """Looks up the ground-truth cluster of item ids.
@@ -65,6 +77,30 @@ class SyntheticData:
 def _check_unit(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def _check_non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def _check_non_negative_finite(name: str, value: Any) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not (math.isfinite(value) and value >= 0)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _item_attributes(seed: Optional[int], item_clusters: np.ndarray, num_clusters: int,
+                     attribute_dim: int, attribute_noise: float) -> np.ndarray:
+    """Cluster prototype plus Gaussian noise per item, float32 `[num_items, attribute_dim]`.
+
+    Draws from its own generator `default_rng([seed, 1])` (fresh entropy if `seed` is
+    None, like the clicks), prototypes first, then the noise.
+    """
+    rng = np.random.default_rng(None if seed is None else [seed, 1])
+    prototypes = rng.standard_normal((num_clusters, attribute_dim))
+    noise = rng.standard_normal((len(item_clusters), attribute_dim))
+    return (prototypes[item_clusters] + attribute_noise * noise).astype(np.float32)
 
 
 def _power_law(n: int, exponent: float) -> np.ndarray:
@@ -132,7 +168,8 @@ def _walk(rng: np.random.Generator, num_users: int, num_clusters: int, k: int,
 def generate_long_tail(num_users: int = 2000, num_items: int = 1000, num_clusters: int = 20,
                        seq_len: int = 30, interest_skew: float = 1.0, item_skew: float = 0.5,
                        interests_per_user: int = 3, alpha: float = 0.6, gamma: float = 0.3,
-                       epsilon: float = 0.1, seed: int = 0) -> SyntheticData:
+                       epsilon: float = 0.1, seed: int = 0, attribute_dim: int = 0,
+                       attribute_noise: float = 0.5) -> SyntheticData:
     """Generates click sequences with skewed interests and items (IDW Appendix A).
 
     1. Clusters: `num_items // num_clusters` items per cluster; the
@@ -152,6 +189,15 @@ def generate_long_tail(num_users: int = 2000, num_items: int = 1000, num_cluster
        `C = 1` the walk never moves.
     4. Items: each step clicks an item of the current cluster, the cluster's k-th item
        (k = 0, 1, ...) with probability `∝ (k + 1) ** -item_skew`.
+    5. Attributes (only if `attribute_dim > 0`): each cluster c gets a prototype
+       `mu_c ~ N(0, I_attribute_dim)`; item i of cluster c gets
+       `x_i = mu_c + attribute_noise * eps_i` with `eps_i ~ N(0, I_attribute_dim)`,
+       stored as float32. With `attribute_noise = 0` the items of a cluster share their
+       attributes exactly; as the noise grows the cluster signal fades (per dimension the
+       signal-to-noise ratio of prototype to noise standard deviation is
+       `1 / attribute_noise`). These draws come from a separate generator,
+       `np.random.default_rng([seed, 1])`, so steps 1-4 (the clicks) are the same for
+       every `attribute_dim` and `attribute_noise`.
 
     Args:
         num_users: number of users (ids 1..num_users).
@@ -166,6 +212,10 @@ def generate_long_tail(num_users: int = 2000, num_items: int = 1000, num_cluster
         epsilon: probability of staying in a non-interest cluster.
         seed: seed of `np.random.default_rng`; the output is a function of the
             arguments.
+        attribute_dim: length of each item's attribute vector, >= 0; 0 (the default)
+            generates no attributes (`SyntheticData.item_attributes` is None).
+        attribute_noise: standard deviation of the per-item noise added to the cluster
+            prototype, finite and >= 0. Ignored when `attribute_dim` is 0.
 
     Returns:
         The clicks and their ground truth, see `SyntheticData`.
@@ -176,7 +226,8 @@ def generate_long_tail(num_users: int = 2000, num_items: int = 1000, num_cluster
     params = dict(num_users=num_users, num_items=num_items, num_clusters=num_clusters,
                   seq_len=seq_len, interest_skew=interest_skew, item_skew=item_skew,
                   interests_per_user=interests_per_user, alpha=alpha, gamma=gamma,
-                  epsilon=epsilon, seed=seed)
+                  epsilon=epsilon, seed=seed, attribute_dim=attribute_dim,
+                  attribute_noise=attribute_noise)
     for name in ("num_users", "num_items", "num_clusters", "seq_len", "interests_per_user"):
         check_positive_int(name, params[name])
     for name in ("interest_skew", "item_skew"):
@@ -184,6 +235,8 @@ def generate_long_tail(num_users: int = 2000, num_items: int = 1000, num_cluster
             raise ValueError(f"{name} must be a finite number >= 0, got {params[name]!r}")
     for name in ("alpha", "gamma", "epsilon"):
         _check_unit(name, params[name])
+    _check_non_negative_int("attribute_dim", attribute_dim)
+    _check_non_negative_finite("attribute_noise", attribute_noise)
     if alpha + gamma > 1.0:
         raise ValueError(f"alpha + gamma must be <= 1, got alpha={alpha!r} + "
                          f"gamma={gamma!r} = {alpha + gamma!r}")
@@ -222,5 +275,10 @@ def generate_long_tail(num_users: int = 2000, num_items: int = 1000, num_cluster
         "item_id": items.astype(np.int64),
         "timestamp": np.tile(np.arange(seq_len, dtype=np.int64), num_users),
     })
+    item_attributes = None
+    if attribute_dim > 0:
+        item_attributes = _item_attributes(seed, item_clusters, num_clusters,
+                                           int(attribute_dim), float(attribute_noise))
     return SyntheticData(interactions=interactions, item_clusters=item_clusters,
-                         user_interests=list(interests), params=params)
+                         user_interests=list(interests), params=params,
+                         item_attributes=item_attributes)

@@ -95,6 +95,10 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
         num_positions: Distinct position embeddings (default `max_len`).
         oov_rate: During training, the share of history items replaced by the OOV
             index (1), so the OOV embedding that serves unknown ids is trained.
+        item_encoder: Optional layer embedding the history items instead of the
+            encoder's own id table: `{"item_id": [B, L]}` -> `[B, L, dim]`, e.g. the
+            model's item tower (shared weights; PIR §3.2.2 encodes the sequence's
+            items with the candidates' item encoding layer).
 
     Example:
 
@@ -105,7 +109,8 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
     def __init__(self, vocab_size: int, dim: int = 16, max_len: int = 30,
                  num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
                  causal: bool = False, num_positions: Optional[int] = None,
-                 oov_rate: float = 0.0, **kwargs: Any) -> None:
+                 oov_rate: float = 0.0, item_encoder: Optional[tf.keras.layers.Layer] = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3 (padding, OOV and one item), "
@@ -127,7 +132,11 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
         self.causal = causal
         self.num_positions = num_positions
         self.oov_rate = oov_rate
-        self.item_embedding = tf.keras.layers.Embedding(vocab_size, dim, name="item_embedding")
+        self.item_encoder = item_encoder
+        self.item_embedding = None
+        if item_encoder is None:
+            self.item_embedding = tf.keras.layers.Embedding(vocab_size, dim,
+                                                            name="item_embedding")
         self.position_embedding = tf.keras.layers.Embedding(num_positions, dim,
                                                             name="position_embedding")
         self._input_dropout = tf.keras.layers.Dropout(dropout)
@@ -156,7 +165,12 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
             replace = tf.logical_and(
                 mask, tf.random.uniform(tf.shape(history)) < self.oov_rate)
             history = tf.where(replace, tf.ones_like(history), history)
-        x = self.item_embedding(history) + self.position_embedding(self.positions(mask))
+        if self.item_encoder is None:
+            items = self.item_embedding(history)
+        else:
+            items = tf.cast(self.item_encoder({"item_id": history}, training=training),
+                            self.compute_dtype)
+        x = items + self.position_embedding(self.positions(mask))
         x = self._input_dropout(x, training=training)
         for block in self.blocks:
             x = block(x, mask=mask, training=training)
@@ -171,4 +185,13 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
                       num_layers=self.num_layers, num_heads=self.num_heads,
                       dropout=self.dropout, causal=self.causal,
                       num_positions=self.num_positions, oov_rate=self.oov_rate)
+        if self.item_encoder is not None:
+            config["item_encoder"] = tf.keras.layers.serialize(self.item_encoder)
         return config
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "SelfAttentionEncoder":
+        config = dict(config)
+        if config.get("item_encoder") is not None:
+            config["item_encoder"] = tf.keras.layers.deserialize(config["item_encoder"])
+        return cls(**config)

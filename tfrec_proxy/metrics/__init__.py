@@ -14,7 +14,7 @@ Conventions:
 Modules:
 
 * `formulas`: the metrics (`hit_rate`, `ndcg`, `mrr`), `ranks_from_scores`,
-  `summarize` and `popularity_groups`.
+  `summarize`, `popularity_groups` and `frequency_groups`.
 * `negatives`: `Exclusions` (one item set per user, shared by the user's rows) and
   `sample_negatives`.
 * `protocols`: `sampled_ranks`, `full_ranks` (bounded-memory tiles over the whole
@@ -24,13 +24,14 @@ Modules:
 """
 
 from tfrec_proxy.metrics.clustering import silhouette_score
-from tfrec_proxy.metrics.formulas import (FIRST_ITEM, ArrayLike, hit_rate, mrr, ndcg,
-                                          popularity_groups, ranks_from_scores, summarize)
+from tfrec_proxy.metrics.formulas import (FIRST_ITEM, ArrayLike, frequency_groups, hit_rate,
+                                          mrr, ndcg, popularity_groups, ranks_from_scores,
+                                          summarize)
 from tfrec_proxy.metrics.negatives import Exclusions, ExclusionsLike, sample_negatives
 from tfrec_proxy.metrics.protocols import evaluate_embeddings, full_ranks, sampled_ranks
 
 __all__ = [
     "FIRST_ITEM", "ArrayLike", "Exclusions", "ExclusionsLike", "evaluate_embeddings",
-    "full_ranks", "hit_rate", "mrr", "ndcg", "popularity_groups", "ranks_from_scores",
+    "frequency_groups", "full_ranks", "hit_rate", "mrr", "ndcg", "popularity_groups", "ranks_from_scores",
     "sample_negatives", "sampled_ranks", "silhouette_score", "summarize",
 ]

@@ -239,3 +239,42 @@ def popularity_groups(counts: np.ndarray, num_groups: int = 5) -> Dict[str, np.n
         mask[items] = True
         groups[f"pop{group}"] = mask
     return groups
+
+
+def frequency_groups(counts: np.ndarray, num_groups: int = 10) -> Dict[str, np.ndarray]:
+    """Splits the real items into groups of equal interaction mass (PIR §4.3).
+
+    Items are ranked by descending count (ties to the lower index) and cut where
+    the running share of all interactions crosses `g / num_groups`: item i goes to
+    group `floor(num_groups * (mass before i) / total)`, so `"freq0"` holds the few
+    most frequent items and the last group the long tail (items never seen, count 0,
+    included). Each group holds about `1 / num_groups` of the interactions (exactly,
+    up to one item's count at each boundary).
+
+    Args:
+        counts: `[V]` non-negative counts by vocabulary index; 0 and 1 ignored.
+        num_groups: G >= 1.
+
+    Returns:
+        `{"freq0": bool[V], ..., f"freq{G-1}": bool[V]}`, disjoint masks whose union
+        is the real items (a group may be empty when one item holds more than
+        `1 / G` of the mass).
+
+    Raises:
+        ValueError: as `popularity_groups`, or all counts zero.
+    """
+    check_positive_int("num_groups", num_groups)
+    popularity_groups(counts, 1)  # validates counts
+    real = np.asarray(counts, np.float64)[FIRST_ITEM:]
+    total = real.sum()
+    if total <= 0:
+        raise ValueError("counts are all zero; frequency groups need interactions.")
+    ranked = np.argsort(-real, kind="stable")
+    before = np.concatenate([[0.0], np.cumsum(real[ranked])[:-1]])
+    group_of = np.minimum((num_groups * before / total).astype(np.int64), num_groups - 1)
+    groups = {}
+    for group in range(num_groups):
+        mask = np.zeros(len(counts), dtype=bool)
+        mask[ranked[group_of == group] + FIRST_ITEM] = True
+        groups[f"freq{group}"] = mask
+    return groups
