@@ -148,3 +148,26 @@ def test_file_source_reads_tables_with_the_config_columns(tmp_path):
     config.path, config.file_format = str(path), "sasrec"
     with pytest.raises(ValueError, match="line 1: malformed line 'userId,movieId"):
         prepare_data(config)
+
+
+def test_items_tsv_beside_the_data_file_gives_item_features(tmp_path):
+    """ML-1M layout: `ml-1m.txt` + `ml-1m.txt.items.tsv` (sas_item_id, movie_id, genres)
+    in one folder: the genres become multi-hot attributes without any setting."""
+    from tfrec_proxy.config import DataConfig
+    from tfrec_proxy.data import prepare_data
+    from tfrec_proxy.data.prepare import item_features_path
+
+    lines = [f"{user} {item}" for user in (1, 2) for item in (1, 2, 3, 1, 2)]
+    (tmp_path / "ml-1m.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "ml-1m.txt.items.tsv").write_text(
+        "sas_item_id\tmovie_id\tgenres\n1\t10\tComedy\n2\t20\tAction|Comedy\n3\t30\t"
+        "Children's\n")
+    config = DataConfig(source="file", path=str(tmp_path))
+    assert item_features_path(config) == tmp_path / "ml-1m.txt.items.tsv"
+    features = prepare_data(config).item_features
+    assert features.spec.id_column == "sas_item_id" and features.attribute_dim == 3
+    assert features.spec.columns[0].categories == ("Action", "Children's", "Comedy")
+    # Vocabulary index 2 + (id - 1); rows 0 and 1 (padding, OOV) stay zero.
+    np.testing.assert_array_equal(features.attributes, [[0, 0, 0], [0, 0, 0], [0, 0, 1],
+                                                        [1, 0, 1], [0, 1, 0]])
+    assert item_features_path(DataConfig(source="synthetic")) is None

@@ -1,14 +1,14 @@
 """Serving a run folder: load it, embed histories, retrieve top-k items.
 
 `load_run` is the one loader for every run kind; it checks the manifest (format
-version, every listed file) and refuses incomplete folders. Importing this module
-registers ScaNN's custom TensorFlow ops, which the ScaNN SavedModel needs.
+version, every listed file) and refuses incomplete folders. Histories are checked by
+`tfrec_proxy.history_input` (`HistoryError`, `UnknownItemsWarning`, re-exported
+here). Importing this module registers ScaNN's custom TensorFlow ops, which the ScaNN
+SavedModel needs.
 """
 
-import math
-import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from tfrec_proxy._checks import check_positive_int
 from tfrec_proxy._tf import tf
 from tfrec_proxy.config import RunConfig
 from tfrec_proxy.data.vocab import Vocabulary
+from tfrec_proxy.history_input import (HistoryError, _as_batch, _raise_unknown,
+                                       _warn_unknown)
+from tfrec_proxy.history_input import UnknownItemsWarning  # noqa: F401 (re-exported)
 from tfrec_proxy.run_format import MIN_SCANN_CANDIDATES, PAD_ID, read_manifest
 
 try:
@@ -27,26 +30,6 @@ except ImportError as error:  # pragma: no cover - scann is a pinned dependency
 
 
 Histories = Union[Sequence[int], Sequence[Sequence[int]]]
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
-_LISTED = 10  # ids or histories named in one message
-
-
-class HistoryError(ValueError):
-    """A bad history in a batch; `row` is its position in the batch.
-
-    Attributes:
-        row: 0-based position of the history in the batch.
-        detail: What is wrong with it (the message without the `history N:` prefix).
-    """
-
-    def __init__(self, row: int, detail: str) -> None:
-        super().__init__(f"history {row}: {detail}")
-        self.row = row
-        self.detail = detail
-
-
-class UnknownItemsWarning(UserWarning):
-    """History item ids the run's vocabulary lacks, served as out-of-vocabulary."""
 
 
 class SavedScorer:
@@ -388,81 +371,6 @@ class Run:
         for row, history in enumerate(batch):
             padded[row, width - len(history):] = history
         return padded, unknown
-
-
-def _listed(values: Sequence[Any]) -> str:
-    shown = ", ".join(str(value) for value in values[:_LISTED])
-    more = f", ... ({len(values) - _LISTED} more)" if len(values) > _LISTED else ""
-    return f"[{shown}{more}]"
-
-
-def _raise_unknown(unknown: List[List[int]], vocab_items: int) -> None:
-    for row, ids in enumerate(unknown):
-        if ids:
-            raise HistoryError(
-                row, f"item id(s) {_listed(ids)} are not in the run's vocabulary "
-                f"({vocab_items} items); remove them, or pass strict=False (CLI: leave out "
-                "--strict) to serve them through the out-of-vocabulary embedding.")
-
-
-def _warn_unknown(batch: List[List[int]], unknown: List[List[int]]) -> None:
-    distinct = set().union(*unknown)
-    if not distinct:
-        return
-    blind = [row for row, (history, ids) in enumerate(zip(batch, unknown))
-             if set(history) - {PAD_ID} <= set(ids)]
-    message = (f"{len(distinct)} item id(s) {_listed(sorted(distinct))} in "
-               f"{sum(map(bool, unknown))} of {len(batch)} histories are not in the run's "
-               "vocabulary; they were mapped to the out-of-vocabulary embedding.")
-    if blind:
-        message += (f" Histories {_listed(blind)} have no known item id, so their "
-                    "recommendations come from that embedding alone (mostly popular items).")
-    # stacklevel 4: _warn_unknown <- _prepare <- Run method <- the caller.
-    warnings.warn(message, UnknownItemsWarning, stacklevel=4)
-
-
-def _as_batch(histories: Any) -> List[List[int]]:
-    """Normalises one history or a batch to int lists; `HistoryError` names a bad one."""
-    if isinstance(histories, (str, bytes)) or not isinstance(histories, Iterable):
-        raise ValueError(f"history must be a sequence of integer item ids, got {histories!r}.")
-    histories = list(histories)
-    if not histories:
-        raise ValueError("history is empty; expected at least one item id.")
-    if not any(isinstance(h, (list, tuple, np.ndarray)) for h in histories):
-        histories = [histories]
-    batch = []
-    for row, history in enumerate(histories):
-        if isinstance(history, (str, bytes)) or not isinstance(history, Iterable):
-            raise HistoryError(row, f"expected a sequence of item ids, got {history!r}.")
-        ids = [_as_item_id(value, row) for value in history]
-        if not ids:
-            raise HistoryError(row, "empty; expected at least one item id.")
-        if all(value == PAD_ID for value in ids):
-            raise HistoryError(row, f"only padding ({PAD_ID}); expected at least one item "
-                               f"id ({PAD_ID} marks padding).")
-        batch.append(ids)
-    return batch
-
-
-def _as_item_id(value: Any, row: int) -> int:
-    """One raw item id as a Python int in the int64 range."""
-    if isinstance(value, (bool, np.bool_)):
-        raise HistoryError(row, f"item id {value!r} is a boolean; expected an integer.")
-    if isinstance(value, (float, np.floating)):
-        if math.isnan(value):
-            raise HistoryError(row, "item id is NaN; expected an integer.")
-        if not float(value).is_integer():
-            raise HistoryError(row, f"item id {value!r} is not an integer; expected an "
-                               "integer item id.")
-        value = int(value)
-    if not isinstance(value, (int, np.integer)):
-        raise HistoryError(row, f"item id {value!r} is not an integer; expected an integer "
-                           "item id.")
-    value = int(value)
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise HistoryError(row, f"item id {value} is outside the int64 range "
-                           f"[{INT64_MIN}, {INT64_MAX}]; expected an int64 item id.")
-    return value
 
 
 def load_run(run_dir: Union[str, Path]) -> Run:
