@@ -154,13 +154,18 @@ def test_choices_agree_with_the_library():
     from tfrec_proxy.registry import EXTRACTIONS, ITEM_TOWERS, SCORERS, WEIGHTINGS
     from tfrec_proxy.tasks import LOSSES
 
-    assert cli_parser.LOSSES == LOSSES and cli_parser.ITEM_NORMS == ITEM_NORM_MODES
+    from tfrec_proxy.objectives import OBJECTIVES, SAMPLERS
+
+    assert cli_parser.LOSSES == LOSSES + OBJECTIVES and cli_parser.SAMPLERS == SAMPLERS
+    assert cli_parser.ITEM_NORMS == ITEM_NORM_MODES
     # The CLI offers the built-in names (tests may register more).
     assert set(cli_parser.EXTRACTIONS) <= set(EXTRACTIONS.names())
     assert {"last", "mean", "mur"} == set(cli_parser.EXTRACTIONS)
     assert set(cli_parser.SCORERS) - {"auto"} <= set(SCORERS.names())
     assert set(cli_parser.WEIGHTINGS) == {"none", "frequency", "idw"} <= set(WEIGHTINGS.names())
     assert set(cli_parser.ITEM_TOWERS) == {"id", "pir"} <= set(ITEM_TOWERS.names())
+    from tfrec_proxy.data.prepare import SPLITS
+    assert cli_parser.SPLITS == SPLITS
 
 
 def test_method_flags_set_the_config_fields():

@@ -352,3 +352,28 @@ def test_data_package_imports_without_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_per_user_split_is_the_sasrec_protocol():
+    """Per user: last item test, second last validation, the L items before them the
+    training inputs (targets: the L + 1 items before the validation item, from the
+    second on); older items are cut off."""
+    from tfrec_proxy.data.sequences import per_user_sequences
+
+    users = np.array([1, 2, 3])
+    sequences = [np.arange(2, 12), np.array([2, 3, 4]), np.array([5, 6])]
+    owners, kept, dropped = per_user_sequences(users, sequences, max_len=4)
+    np.testing.assert_array_equal(owners, [1, 2])
+    np.testing.assert_array_equal(kept[0], [5, 6, 7, 8, 9, 10, 11])  # last L + 3 = 7
+    assert dropped == 2  # user 3 has fewer than min_len = 3 items
+    split = leave_one_out(owners, kept, history_len=4)
+    test, validation = split.test, split.validation
+    np.testing.assert_array_equal(test.history[0], [7, 8, 9, 10])
+    assert test.target[0] == 11
+    np.testing.assert_array_equal(validation.history[0], [6, 7, 8, 9])
+    assert validation.target[0] == 10
+    rows = split.train_sequences
+    np.testing.assert_array_equal(rows.history[0], [5, 6, 7, 8])
+    np.testing.assert_array_equal(rows.targets[0], [6, 7, 8, 9])
+    # User 2: three items give validation and test only.
+    np.testing.assert_array_equal(test.history[1], [0, 0, 2, 3])

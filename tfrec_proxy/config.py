@@ -74,6 +74,11 @@ class DataConfig:
             interaction with one becomes a cold test example (metrics `cold/...`;
             `tfrec_proxy.data.cold_items`).
         cold_seed: Seed of the cold-item draw.
+        split: `"chunked"` (IDW §4.1: sequences cut into chunks of at most
+            `max_len`, each chunk's last two items held out) or `"per-user"` (the
+            SASRec protocol, RAM §6.3: one sequence per user, its last item test,
+            second last validation, training on the `max_len` items before them;
+            older items are not trained on).
     """
 
     source: str = "synthetic"
@@ -89,6 +94,7 @@ class DataConfig:
     item_feature_spec: Dict[str, Any] = dataclasses.field(default_factory=dict)
     cold_items: float = 0.0
     cold_seed: int = 0
+    split: str = "chunked"
 
 
 @dataclasses.dataclass
@@ -126,11 +132,18 @@ class ModelConfig:
             a multi-vector query, TFRS's max-sim), `"mur"` (IDW eq. 4) or
             `"auto"`: `"mur"` for `extraction="mur"`, else `"dot"`.
         scorer_options: The scorer's own settings, checked like `options`.
-        loss: `"softmax"` (batch softmax, IDW eq. 3), `"focal"` (focal loss,
+        loss: `"softmax"` (batch softmax, IDW eq. 3, the default), `"focal"` (focal loss,
             Lin et al.: `-(1 - p)^gamma log p`) or `"qmargin"` (LDAM-style margin
             `delta_y ~ p(y)^(-1/4)` subtracted from the positive's logit, Cao et
             al.) (IDW §4.3 baselines).
+            The SASRec / RAM objectives (`tfrec_proxy.objectives`): `"bce"`
+            (binary cross-entropy, one uniform negative per target),
+            `"full-softmax"` (softmax over every item) and `"sampled-softmax"`
+            (`sampled_negatives` negatives per step by `negative_sampler`, logQ).
         focal_gamma: gamma of `loss="focal"`.
+        sampled_negatives: Negatives per step of `loss="sampled-softmax"`.
+        negative_sampler: `"uniform"` or `"popularity"` negatives of
+            `loss="sampled-softmax"`.
         qmargin_max: The largest `loss="qmargin"` margin (that of the rarest item),
             in logit units; the others scale as `p(y)^(-1/4)`.
         item_norm: `"none"`, `"train"` (item vectors L2-normalised in training and
@@ -165,6 +178,8 @@ class ModelConfig:
     scorer_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     loss: str = "softmax"
     focal_gamma: float = 2.0
+    sampled_negatives: int = 100
+    negative_sampler: str = "uniform"
     qmargin_max: float = 1.0
     item_norm: str = "none"
     all_positions: bool = True

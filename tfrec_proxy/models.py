@@ -26,6 +26,7 @@ from tfrec_proxy.layers.item_norm import ITEM_NORM_MODES, ItemNormalization
 from tfrec_proxy.layers.towers import HISTORY, ITEM_ID, ItemTower, QueryTower
 from tfrec_proxy.registry import EXTRACTIONS, ITEM_TOWERS, MODEL_KINDS, SCORERS
 from tfrec_proxy.scoring import Scorer, build_scorer
+from tfrec_proxy.objectives import OBJECTIVES, SAMPLERS, build_objective
 from tfrec_proxy.tasks import LOSSES, BatchSoftmax, qmargin_margins
 
 TARGET = "target"
@@ -49,6 +50,11 @@ class BuildContext:
             (`tfrec_proxy.data.item_features.ItemFeatures`), or None.
         item_counts: `[V]` training-target counts (e.g. PIR's top-K items), or
             None when restoring.
+        trained_positions: The most history positions a training example holds
+            (position embeddings past it are shared, see `SelfAttentionEncoder`):
+            `max_len - 3` for chunked sequences (leave-one-out holds out the last
+            two items of a chunk of at most `max_len`), `max_len` for the per-user
+            split (`tfrec_proxy.data.prepare.trained_positions`).
     """
 
     vocab_size: int
@@ -56,6 +62,7 @@ class BuildContext:
     sampling_probability: Optional[np.ndarray] = None
     item_features: Optional[Any] = None
     item_counts: Optional[np.ndarray] = None
+    trained_positions: Optional[int] = None
 
 
 class RetrievalModel(tfrs.Model):
@@ -151,6 +158,17 @@ class RetrievalModel(tfrs.Model):
             target = features[TARGET]
             queries = self.query_tower(query_features, training=training)
             sample_weight = features.get(SAMPLE_WEIGHT)
+        if not isinstance(self.task, BatchSoftmax):
+            # An objective over other candidates (tfrec_proxy.objectives: sampled BCE,
+            # full or sampled softmax); per-example weights as below.
+            weights = tf.gather(self.item_loss_weights, target)
+            if sample_weight is not None:
+                weights = weights * tf.cast(sample_weight, tf.float32)
+
+            def embed(ids: tf.Tensor) -> tf.Tensor:
+                return self.candidate_tower(self.candidate_features(ids), training=training)
+
+            return self.task(queries, target, embed, self.scorer, sample_weight=weights)
         candidates = self.candidate_tower(self.candidate_features(target), training=training)
         scores = self.scorer.score_matrix(queries, candidates)
         probability = None
@@ -225,9 +243,8 @@ def build_two_tower(config: ModelConfig, options: None,
     """The baseline: self-attention user tower (causal when `all_positions`) and the
     configured item tower (`item_tower`; the id + MLP tower has IDW §4.4 sizes by
     default); with `share_item_encoder` the user tower embeds history items with it."""
-    # Training histories hold at most max_len - 3 items (leave-one-out holds out the
-    # last two of a chunk of at most max_len), so only that many positions are trained.
-    trained_positions = max(1, context.max_len - 3)
+    # Only the positions training histories reach are trained (BuildContext).
+    trained_positions = context.trained_positions or max(1, context.max_len - 3)
     candidate_tower = build_item_tower(config, context)
     encoder = SelfAttentionEncoder(
         context.vocab_size, config.embedding_dim, context.max_len, config.num_layers,
@@ -267,9 +284,14 @@ def assemble(config: ModelConfig, context: BuildContext, query_tower: tf.keras.l
              candidate_tower: tf.keras.layers.Layer) -> RetrievalModel:
     """A `RetrievalModel` from two towers plus the config's scorer, item norm and
     loss; the last step of every kind's builder."""
-    task = BatchSoftmax(config.remove_accidental_hits, config.temperature,
-                        focal_gamma=config.focal_gamma if config.loss == "focal" else None,
-                        name="task")
+    if config.loss in OBJECTIVES:
+        task = build_objective(config.loss, context.vocab_size, config.sampled_negatives,
+                               config.negative_sampler, config.temperature,
+                               context.sampling_probability)
+    else:
+        task = BatchSoftmax(config.remove_accidental_hits, config.temperature,
+                            focal_gamma=config.focal_gamma if config.loss == "focal" else None,
+                            name="task")
     scorer = build_scorer(resolve_scorer(config), config.scorer_options, name="scorer")
     if config.item_norm != "none":
         candidate_tower = ItemNormalization(candidate_tower, config.item_norm,
@@ -310,8 +332,16 @@ def check_model_config(config: ModelConfig) -> Any:
             or config.num_interests < 1:
         raise ValueError(f"num_interests (M) must be an integer >= 1, got "
                          f"{config.num_interests!r}.")
-    if config.loss not in LOSSES:
-        raise ValueError(f"Unknown loss {config.loss!r}; expected one of {LOSSES}.")
+    if config.loss not in LOSSES + OBJECTIVES:
+        raise ValueError(f"Unknown loss {config.loss!r}; expected one of "
+                         f"{LOSSES + OBJECTIVES}.")
+    if config.negative_sampler not in SAMPLERS:
+        raise ValueError(f"Unknown negative_sampler {config.negative_sampler!r}; expected "
+                         f"one of {SAMPLERS}.")
+    if isinstance(config.sampled_negatives, bool) or not isinstance(
+            config.sampled_negatives, int) or config.sampled_negatives < 1:
+        raise ValueError(f"sampled_negatives must be an integer >= 1, got "
+                         f"{config.sampled_negatives!r}.")
     if not config.focal_gamma >= 0:
         raise ValueError(f"focal_gamma must be >= 0, got {config.focal_gamma}.")
     if not config.qmargin_max > 0:
@@ -329,7 +359,8 @@ def check_model_config(config: ModelConfig) -> Any:
 def build_model(config: ModelConfig, vocab_size: int, max_len: int,
                 sampling_probability: Optional[np.ndarray] = None, *,
                 item_features: Optional[Any] = None,
-                item_counts: Optional[np.ndarray] = None) -> RetrievalModel:
+                item_counts: Optional[np.ndarray] = None,
+                trained_positions: Optional[int] = None) -> RetrievalModel:
     """Builds the model of kind `config.kind` (registered in `MODEL_KINDS`).
 
     Args:
@@ -341,6 +372,7 @@ def build_model(config: ModelConfig, vocab_size: int, max_len: int,
         item_features: Item attributes/context aligned with the vocabulary
             (`ItemFeatures`), for attribute-aware item towers.
         item_counts: `[vocab_size]` training counts (PIR's top-K items).
+        trained_positions: See `BuildContext` (default `max_len - 3`).
 
     Returns:
         An uncompiled `RetrievalModel`.
@@ -350,5 +382,5 @@ def build_model(config: ModelConfig, vocab_size: int, max_len: int,
         raise ValueError(f"sampling_probability has {len(sampling_probability)} entries; "
                          f"expected vocab_size={vocab_size}.")
     context = BuildContext(vocab_size, max_len, sampling_probability, item_features,
-                           item_counts)
+                           item_counts, trained_positions)
     return MODEL_KINDS.get(config.kind).target(config, options, context)

@@ -25,7 +25,7 @@ from tfrec_proxy._tf import tf
 from tfrec_proxy.config import RunConfig, TrainConfig
 from tfrec_proxy.data import (PreparedData, Vocabulary, make_dataset, make_sequence_dataset,
                               prepare_data, sequences_per_batch)
-from tfrec_proxy.data.prepare import CHUNKS
+from tfrec_proxy.data.prepare import CHUNKS, trained_positions
 from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
 from tfrec_proxy.export import export_run
 from tfrec_proxy.metrics.clustering import silhouette_score
@@ -211,7 +211,8 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         with strategy.scope():
             model = build_model(config.model, data.vocab.size, config.data.max_len,
                                 data.sampling_probability, item_features=data.item_features,
-                                item_counts=data.item_counts)
+                                item_counts=data.item_counts,
+                                trained_positions=trained_positions(config.data))
         _check_trainable(model, phases)
         global_batch = config.train.batch_size * strategy.num_replicas_in_sync
         train_ds, validation_ds = _datasets(config, data, model, global_batch)
@@ -355,7 +356,8 @@ def restore_model(run_dir: Union[str, Path]) -> Tuple[RetrievalModel, Vocabulary
     config = RunConfig.from_json(run_dir / "config.json")
     vocab = Vocabulary.load(run_dir / "vocabulary.json")
     model = build_model(config.model, vocab.size, config.data.max_len,
-                        item_features=read_item_features(run_dir))
+                        item_features=read_item_features(run_dir),
+                        trained_positions=trained_positions(config.data))
     # Create the towers' variables so the checkpoint restores into them now.
     model.query_tower({"history": tf.zeros([1, config.data.max_len], tf.int32)})
     model.candidate_tower(model.candidate_features(tf.zeros([1], tf.int32)))

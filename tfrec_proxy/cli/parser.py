@@ -27,10 +27,13 @@ DATA_SOURCES = ("synthetic", "file")  # data.prepare.DATA_SOURCES less "datafram
 FILE_FORMATS = ("auto", "movielens", "sasrec", "csv", "tsv", "parquet")  # data.loaders
 EXTRACTIONS = ("last", "mean", "mur")  # registry.EXTRACTIONS (built-in names)
 SCORERS = ("auto", "dot", "mur")  # registry.SCORERS (built-in names) and "auto"
-LOSSES = ("softmax", "focal", "qmargin")  # tasks.LOSSES
+LOSSES = ("softmax", "focal", "qmargin",  # tasks.LOSSES + objectives.OBJECTIVES
+          "bce", "full-softmax", "sampled-softmax")
+SAMPLERS = ("uniform", "popularity")  # objectives.SAMPLERS
 ITEM_NORMS = ("none", "train", "posthoc")  # layers.item_norm.ITEM_NORM_MODES
 WEIGHTINGS = ("none", "frequency", "idw")  # registry.WEIGHTINGS (built-in names)
 ITEM_TOWERS = ("id", "pir")  # registry.ITEM_TOWERS (built-in names)
+SPLITS = ("chunked", "per-user")  # data.prepare.SPLITS
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -121,6 +124,10 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "(--seed does not change the data)", type=int),
     ConfigFlag("--max-len", "data.max_len", "history length; longer sequences are split",
                type=positive_int),
+    ConfigFlag("--split", "data.split", "chunked: sequences cut at --max-len, each chunk's "
+               "last two items held out (IDW); per-user: one sequence per user, last item "
+               "test, second last validation, the --max-len before them trained (SASRec)",
+               choices=SPLITS),
     ConfigFlag("--item-features", "data.item_features", "item attribute table (CSV/TSV/"
                "Parquet, one row per item) for --item-tower pir (default: <data file>"
                ".items.tsv beside the interactions when present, e.g. ML-1M's genres)"),
@@ -161,8 +168,14 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--scorer", "model.scorer", "query-item affinity: dot (max over a "
                "multi-vector query), mur (IDW eq. 4), auto (mur for --extraction mur)",
                choices=SCORERS),
-    ConfigFlag("--loss", "model.loss", "batch softmax, focal loss or Qmargin (LDAM-style "
-               "margins ~ p(y)^-1/4)", choices=LOSSES),
+    ConfigFlag("--loss", "model.loss", "batch softmax, focal loss, Qmargin (LDAM-style "
+               "margins ~ p(y)^-1/4), or the SASRec/RAM objectives: bce (one sampled "
+               "negative per target), full-softmax (all items), sampled-softmax "
+               "(--sampled-negatives per step)", choices=LOSSES),
+    ConfigFlag("--sampled-negatives", "model.sampled_negatives", "negatives per step of "
+               "--loss sampled-softmax", type=positive_int),
+    ConfigFlag("--negative-sampler", "model.negative_sampler", "negatives of --loss "
+               "sampled-softmax: uniform or by popularity", choices=SAMPLERS),
     ConfigFlag("--focal-gamma", "model.focal_gamma", "gamma of --loss focal",
                type=_number(float, "a number >= 0", lambda value: 0 <= value < float("inf"))),
     ConfigFlag("--qmargin-max", "model.qmargin_max", "largest margin of --loss qmargin (the "

@@ -20,7 +20,7 @@ from tfrec_proxy.data.item_features import (ItemFeatureSpec, ItemFeatures,
                                             item_features_for_vocab, load_item_features,
                                             synthetic_item_spec, synthetic_item_table)
 from tfrec_proxy.data.loaders import DATA_FILE_NAMES, default_data_dir, load_interactions
-from tfrec_proxy.data.sequences import (SequenceSplit, group_sequences,
+from tfrec_proxy.data.sequences import (SequenceSplit, group_sequences, per_user_sequences,
                                         head_item_mask, item_frequencies, leave_one_out,
                                         sampling_probabilities, split_long_sequences,
                                         user_item_sets)
@@ -29,6 +29,7 @@ from tfrec_proxy.data.tables import select_columns
 from tfrec_proxy.data.vocab import Vocabulary
 
 DATA_SOURCES = ("synthetic", "file", "dataframe")
+SPLITS = ("chunked", "per-user")
 CHUNKS = ("all", "last")
 
 
@@ -140,6 +141,8 @@ def prepare_data(config: DataConfig,
     if config.min_len < 3:
         raise ValueError(f"DataConfig.min_len={config.min_len} is too small; expected >= 3 "
                          "(validation and test targets each need a history).")
+    if config.split not in SPLITS:
+        raise ValueError(f"Unknown split {config.split!r}; expected one of {list(SPLITS)}.")
     if config.source not in DATA_SOURCES:
         raise ValueError(f"Unknown data source {config.source!r}; expected one of "
                          f"{DATA_SOURCES}.")
@@ -183,8 +186,12 @@ def prepare_data(config: DataConfig,
         cold_items = choose_cold_items(sequences, vocab.size, config.cold_items,
                                        config.cold_seed)
         sequences, cold = hold_out_items(users, sequences, cold_items, config.max_len)
-    chunk_users, chunks, dropped = split_long_sequences(users, sequences, config.max_len,
-                                                        config.min_len)
+    if config.split == "per-user":
+        chunk_users, chunks, dropped = per_user_sequences(users, sequences, config.max_len,
+                                                          config.min_len)
+    else:
+        chunk_users, chunks, dropped = split_long_sequences(users, sequences,
+                                                            config.max_len, config.min_len)
     if not chunks:
         raise ValueError(f"No user sequence has at least DataConfig.min_len={config.min_len} "
                          "items; nothing to train on.")
@@ -202,6 +209,12 @@ def prepare_data(config: DataConfig,
     return PreparedData(interactions, vocab, split, counts, sampling_probabilities(counts),
                         head_item_mask(counts), report, item_clusters, dropped,
                         _item_features(config, vocab, synthetic), cold_items, cold)
+
+
+def trained_positions(config: DataConfig) -> int:
+    """The most items a training history holds: `max_len` with the per-user split,
+    `max_len - 3` with chunks of at most `max_len` (their last two items held out)."""
+    return config.max_len if config.split == "per-user" else max(1, config.max_len - 3)
 
 
 def item_features_path(config: DataConfig) -> Optional[Path]:

@@ -125,6 +125,34 @@ def split_long_sequences(users: np.ndarray, sequences: Sequence[np.ndarray],
             int(chunk_lengths[~keep].sum()))
 
 
+def per_user_sequences(users: np.ndarray, sequences: Sequence[np.ndarray],
+                       max_len: int = 200, min_len: int = 3
+                       ) -> Tuple[np.ndarray, List[np.ndarray], int]:
+    """The SASRec protocol's one sequence per user (RAM §6.3), as `leave_one_out`
+    chunks: each user's most recent `max_len + 3` items, so that the test history is
+    the last `max_len` items before the last one, validation the `max_len` before the
+    second last, and training targets every item of the `max_len + 1` before those
+    (SASRec trains on the last `max_len` positions of the training sequence).
+
+    Args:
+        users: int64 `[S]` owner of each sequence.
+        sequences: S 1-D item-index arrays in time order (one per user).
+        max_len: L, the history length.
+        min_len: Users with fewer items are dropped (at least 3).
+
+    Returns:
+        `(owners, sequences, num_dropped)` like `split_long_sequences`; `num_dropped`
+        counts the interactions of dropped users (older items cut off by the window
+        are not counted).
+    """
+    check_positive_int("max_len", max_len)
+    check_positive_int("min_len", min_len)
+    users, lengths, items = _flatten(users, sequences)
+    keep = lengths >= min_len
+    kept = [np.asarray(s)[-(max_len + 3):] for s, k in zip(sequences, keep) if k]
+    return users[keep], kept, int(lengths[~keep].sum())
+
+
 @dataclass(frozen=True, eq=False)
 class SequenceSplit:
     """Leave-one-out split of chunked sequences.
