@@ -19,10 +19,11 @@ prototype + noise 0.5, item skew 1.0). Methods (`--methods`): `id_sur`, `pir_sur
 
 `--summarize` prints markdown tables (x100, mean ± std over seeds): overall sampled
 and full-ranking HR/NDCG@10, cold-item recall@10 / NDCG@10 (full ranking; one
-target per example, so recall@10 = HR@10), NDCG@10 of the three rarest frequency
-groups, trainable parameters; and writes `<results>_groups.png` beside the results
-(`pipelines/results/pir_<dataset>_groups.png`: full-ranking NDCG@10 per frequency
-group of equal interaction mass, freq0 = most frequent).
+target per example, so recall@10 = HR@10) and sampled NDCG@10, NDCG@10 of the three
+rarest frequency groups (sampled and full), trainable parameters; and writes
+`<results>_groups.png` beside the results (`pipelines/results/pir_<dataset>_groups.png`:
+sampled and full-ranking NDCG@10 per frequency group of equal interaction mass,
+freq0 = most frequent).
 """
 
 import argparse
@@ -130,7 +131,9 @@ def summarize(args: argparse.Namespace) -> None:
                ("full HR@10", "full/hr@10"), ("full NDCG@10", "full/ndcg@10"),
                ("cold recall@10", "cold/full/hr@10"), ("cold NDCG@10", "cold/full/ndcg@10"),
                ("cold sampled NDCG@10", "cold/sampled/ndcg@10")]
-    columns += [(f"freq{g} NDCG@10", f"full/freq{g}/ndcg@10") for g in range(7, GROUPS)]
+    columns += [(f"freq{g} NDCG@10 sampled", f"sampled/freq{g}/ndcg@10")
+                for g in range(7, GROUPS)]
+    columns += [(f"freq{g} NDCG@10 full", f"full/freq{g}/ndcg@10") for g in range(7, GROUPS)]
     rows = []
     for method in methods:
         parameters = runs[method][0].get("parameters", {})
@@ -149,16 +152,17 @@ def _plot(args: argparse.Namespace, methods: List[str], values) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4), dpi=100)
     groups = list(range(GROUPS))
-    for method in methods:
-        axis.plot(groups, [mean(values(method, f"full/freq{g}/ndcg@10")) for g in groups],
-                  marker="o", label=LABELS[method])
-    axis.set_xticks(groups)
-    axis.set_xlabel("frequency group (equal interaction mass; 0 = most frequent items)")
-    axis.set_ylabel("full-ranking NDCG@10")
-    axis.set_title(f"PIR vs id item tower by frequency group ({args.dataset})")
-    axis.legend()
+    for axis, protocol in zip(axes, ("sampled", "full")):
+        for method in methods:
+            axis.plot(groups, [mean(values(method, f"{protocol}/freq{g}/ndcg@10"))
+                               for g in groups], marker="o", label=LABELS[method])
+        axis.set_xticks(groups)
+        axis.set_xlabel("frequency group (equal interaction mass; 0 = most frequent)")
+        axis.set_ylabel(f"{protocol} NDCG@10")
+        axis.set_title(f"{protocol} ranking by frequency group ({args.dataset})")
+    axes[0].legend()
     figure.tight_layout()
     path = args.results.parent / f"{args.results.stem}_groups.png"
     figure.savefig(path)

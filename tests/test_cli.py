@@ -163,7 +163,10 @@ def test_choices_agree_with_the_library():
     assert {"last", "mean", "mur"} == set(cli_parser.EXTRACTIONS)
     assert set(cli_parser.SCORERS) - {"auto"} <= set(SCORERS.names())
     assert set(cli_parser.WEIGHTINGS) == {"none", "frequency", "idw"} <= set(WEIGHTINGS.names())
-    assert set(cli_parser.ITEM_TOWERS) == {"id", "pir"} <= set(ITEM_TOWERS.names())
+    assert set(cli_parser.ITEM_TOWERS) == {"id", "pir", "shared"} <= set(ITEM_TOWERS.names())
+    from tfrec_proxy.registry import ENCODERS
+    assert set(cli_parser.ENCODERS) == {"self-attention", "sasrec", "ram", "ram-u"} <= set(
+        ENCODERS.names())
     from tfrec_proxy.data.prepare import SPLITS
     assert cli_parser.SPLITS == SPLITS
 

@@ -224,7 +224,8 @@ def test_idw_run_exports_state_and_reloads_identically(idw_run):
     assert state.phase == "done" and state.iteration == 2
     np.testing.assert_allclose(state.weights.sum(), 1.0, rtol=1e-6)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["method"] == {"item_tower": "id", "extraction": "mur", "num_interests": 2,
+    assert metrics["method"] == {"encoder": "self-attention", "item_tower": "id",
+                                 "extraction": "mur", "num_interests": 2,
                                  "scorer": "mur", "loss": "softmax", "item_norm": "none",
                                  "weighting": "idw"}
     assert metrics["phases"][1]["idw"]["iterations"] == 2

@@ -112,6 +112,10 @@ class ModelConfig:
         dropout: Dropout rate inside the query tower.
         item_hidden_units: Dense layer sizes of the id item tower's MLP; the last
             one must equal `embedding_dim`.
+        encoder: Registered sequence encoder (`tfrec_proxy.registry.ENCODERS`):
+            `"self-attention"` (IDW §4.4), `"sasrec"` (Kang & McAuley), `"ram"`
+            (RAM: reused item representations + user embedding, eq. 5) or
+            `"ram-u"` (RAM without it); `num_layers` is the number of blocks.
         item_tower: Registered item tower (`tfrec_proxy.registry.ITEM_TOWERS`):
             `"id"` (id embedding + MLP) or `"pir"` (PIR proxy-based item
             representation from the run's item features, eqs. 11-18).
@@ -168,6 +172,7 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.1
     item_hidden_units: Tuple[int, ...] = (16, 16)
+    encoder: str = "self-attention"
     item_tower: str = "id"
     num_proxies: int = 32
     frequent_bias_k: int = 1000

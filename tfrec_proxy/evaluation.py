@@ -50,7 +50,9 @@ def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test
         Flat dict, e.g. `{"sampled/hr@20": ..., "full/tail/ndcg@20": ...}`.
     """
     examples = data.examples(split, chunks=chunks)
-    return _evaluate(data, examples, model.query_embeddings(examples.history),
+    queries = model.query_embeddings(
+        examples.history, context=query_context(model.query_tower.context_specs, examples))
+    return _evaluate(data, examples, queries,
                      model.item_embeddings(data.vocab.size), model.scorer, ks=ks,
                      num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
 
@@ -87,8 +89,21 @@ def evaluate_run(run: Any, data: PreparedData, split: str = "test",
     items = np.zeros((data.vocab.size, run.candidate_embeddings.shape[1]), np.float32)
     known = data.vocab.lookup(run.candidate_ids)
     items[known[known >= 2]] = run.candidate_embeddings[known >= 2]
-    return _evaluate(data, examples, run.embed_padded(raw), items, run.scorer, ks=ks,
+    queries = run.embed_padded(raw, context=query_context(run.context_features, examples))
+    return _evaluate(data, examples, queries, items, run.scorer, ks=ks,
                      num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
+
+
+def query_context(names: Any, examples: Examples) -> Dict[str, np.ndarray]:
+    """The context features a query tower (or run) reads, from the examples: the raw
+    user ids for `"user_id"` (RAM's user embedding)."""
+    context = {}
+    for name in names:
+        if name != "user_id":
+            raise ValueError(f"Cannot evaluate a query tower that reads {name!r}: the "
+                             "evaluation examples hold histories and user ids only.")
+        context[name] = examples.user.astype(np.int64)
+    return context
 
 
 def _evaluate(data: PreparedData, examples: Examples, queries: np.ndarray, items: np.ndarray,
@@ -134,7 +149,9 @@ class SampledRankingCallback(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None:
         if logs is None:
             return
-        ranks = sampled_ranks(self.model.scorer, self.model.query_embeddings(self.examples.history),
+        queries = self.model.query_embeddings(self.examples.history, context=query_context(
+            self.model.query_tower.context_specs, self.examples))
+        ranks = sampled_ranks(self.model.scorer, queries,
                               self.model.item_embeddings(self.vocab_size),
                               self.examples.target, self.negatives)
         results = summarize(ranks, ks=self.ks)

@@ -19,8 +19,8 @@ from tfrec_proxy.config import RunConfig
 from tfrec_proxy.data.vocab import Vocabulary
 from tfrec_proxy.models import resolve_scorer
 from tfrec_proxy.run_format import (FORMAT, FORMAT_VERSION, INDEXES, MIN_SCANN_CANDIDATES,
-                                    PAD_ID, STATE_FOLDER, RunFormatError, read_manifest,
-                                    write_atomically, write_json)
+                                    PAD_ID, STATE_FOLDER, USERS_FILE, RunFormatError,
+                                    read_manifest, write_atomically, write_json)
 from tfrec_proxy.new_items import ADDED_PREFIX, ITEM_MODEL, AddedItems, added_items_for_repair
 from tfrec_proxy.registry import ITEM_TOWERS
 from tfrec_proxy.savedmodels import (ItemModule, QueryModule, RetrievalModule, build_index,
@@ -193,7 +193,11 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
         (folder / STATE_FOLDER).mkdir(exist_ok=True)
         np.savez(folder / STATE_FOLDER / name, **arrays)
 
-    sample = model.query_tower({"history": tf.constant([[2]], tf.int32)}, training=False)
+    sample = model.query_tower(model.sample_query_features(tf.constant([[2]], tf.int32)),
+                               training=False)
+    users = getattr(model.query_tower, "user_embedding", None)
+    if users is not None:
+        write_json(folder / USERS_FILE, {"ids": users.user_ids.numpy().tolist()})
     query_shape = tuple(int(size) for size in sample.shape[1:])
     query = QueryModule(model.query_tower, model.scorer, vocab, max_len, query_shape)
     tf.saved_model.save(query, str(folder / "query_model"), signatures=query.signatures())

@@ -24,7 +24,8 @@ from tfrec_proxy.config import ModelConfig
 from tfrec_proxy.layers.encoders import SelfAttentionEncoder
 from tfrec_proxy.layers.item_norm import ITEM_NORM_MODES, ItemNormalization
 from tfrec_proxy.layers.towers import HISTORY, ITEM_ID, ItemTower, QueryTower
-from tfrec_proxy.registry import EXTRACTIONS, ITEM_TOWERS, MODEL_KINDS, SCORERS
+from tfrec_proxy.layers.ram import UserEmbedding
+from tfrec_proxy.registry import ENCODERS, EXTRACTIONS, ITEM_TOWERS, MODEL_KINDS, SCORERS
 from tfrec_proxy.scoring import Scorer, build_scorer
 from tfrec_proxy.objectives import OBJECTIVES, SAMPLERS, build_objective
 from tfrec_proxy.tasks import LOSSES, BatchSoftmax, qmargin_margins
@@ -55,6 +56,9 @@ class BuildContext:
             `max_len - 3` for chunked sequences (leave-one-out holds out the last
             two items of a chunk of at most `max_len`), `max_len` for the per-user
             split (`tfrec_proxy.data.prepare.trained_positions`).
+        user_ids: Raw ids of the training users, for encoders with a user
+            embedding (RAM); None when restoring (the checkpoint holds them).
+        num_users: Their number (needed to build the user table when restoring).
     """
 
     vocab_size: int
@@ -63,6 +67,8 @@ class BuildContext:
     item_features: Optional[Any] = None
     item_counts: Optional[np.ndarray] = None
     trained_positions: Optional[int] = None
+    user_ids: Optional[np.ndarray] = None
+    num_users: Optional[int] = None
 
 
 class RetrievalModel(tfrs.Model):
@@ -132,6 +138,15 @@ class RetrievalModel(tfrs.Model):
         """The query tower's inputs from a batch: everything but the targets/weights."""
         return {name: value for name, value in features.items()
                 if name not in _NON_QUERY_KEYS}
+
+    def sample_query_features(self, histories: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """`{"history": histories}` plus zero-valued context features of the query
+        tower (e.g. an unknown `"user_id"`), to build or probe the tower."""
+        features = {HISTORY: histories}
+        for name, spec in self.query_tower.context_specs.items():
+            shape = [int(histories.shape[0])] + [int(d) for d in spec.shape[1:]]
+            features[name] = tf.zeros(shape, spec.dtype)
+        return features
 
     def set_item_loss_weights(self, weights: np.ndarray) -> None:
         """Sets the `[V]` per-item loss weights (finite, >= 0)."""
@@ -243,17 +258,32 @@ def build_two_tower(config: ModelConfig, options: None,
     """The baseline: self-attention user tower (causal when `all_positions`) and the
     configured item tower (`item_tower`; the id + MLP tower has IDW §4.4 sizes by
     default); with `share_item_encoder` the user tower embeds history items with it."""
+    candidate_tower = build_item_tower(config, context)
+    shared = config.share_item_encoder or ITEM_TOWERS.get(config.item_tower).metadata.get(
+        "shares_history", False)
+    encoder_entry = ENCODERS.get(config.encoder)
+    encoder = encoder_entry.target(config, context, candidate_tower if shared else None)
+    user_embedding = None
+    if encoder_entry.metadata.get("user_embedding"):
+        user_embedding = UserEmbedding(config.embedding_dim, user_ids=context.user_ids,
+                                       num_users=context.num_users, name="user_embedding")
+    query_tower = QueryTower(encoder, build_extraction(config), user_embedding,
+                             name="query_tower")
+    return assemble(config, context, query_tower, candidate_tower)
+
+
+@ENCODERS.register("self-attention")
+def build_self_attention_encoder(config: ModelConfig, context: BuildContext,
+                                 item_encoder: Optional[tf.keras.layers.Layer]
+                                 ) -> SelfAttentionEncoder:
+    """The IDW paper's self-attention encoder (§4.4), causal when `all_positions`."""
     # Only the positions training histories reach are trained (BuildContext).
     trained_positions = context.trained_positions or max(1, context.max_len - 3)
-    candidate_tower = build_item_tower(config, context)
-    encoder = SelfAttentionEncoder(
+    return SelfAttentionEncoder(
         context.vocab_size, config.embedding_dim, context.max_len, config.num_layers,
         config.num_heads, config.dropout, causal=config.all_positions,
         num_positions=trained_positions, oov_rate=config.history_oov_rate,
-        item_encoder=candidate_tower if config.share_item_encoder else None,
-        name="encoder")
-    query_tower = QueryTower(encoder, build_extraction(config), name="query_tower")
-    return assemble(config, context, query_tower, candidate_tower)
+        item_encoder=item_encoder, name="encoder")
 
 
 @ITEM_TOWERS.register("id")
@@ -321,6 +351,7 @@ def check_model_config(config: ModelConfig) -> Any:
     options = entry.parse_options(config.options, "config.model.options")
     EXTRACTIONS.get(config.extraction)
     ITEM_TOWERS.get(config.item_tower)
+    ENCODERS.get(config.encoder)
     for name in ("num_proxies", "frequent_bias_k"):
         value = getattr(config, name)
         low = 1 if name == "num_proxies" else 0
@@ -360,7 +391,9 @@ def build_model(config: ModelConfig, vocab_size: int, max_len: int,
                 sampling_probability: Optional[np.ndarray] = None, *,
                 item_features: Optional[Any] = None,
                 item_counts: Optional[np.ndarray] = None,
-                trained_positions: Optional[int] = None) -> RetrievalModel:
+                trained_positions: Optional[int] = None,
+                user_ids: Optional[np.ndarray] = None,
+                num_users: Optional[int] = None) -> RetrievalModel:
     """Builds the model of kind `config.kind` (registered in `MODEL_KINDS`).
 
     Args:
@@ -373,6 +406,7 @@ def build_model(config: ModelConfig, vocab_size: int, max_len: int,
             (`ItemFeatures`), for attribute-aware item towers.
         item_counts: `[vocab_size]` training counts (PIR's top-K items).
         trained_positions: See `BuildContext` (default `max_len - 3`).
+        user_ids, num_users: The training users (encoders with a user embedding).
 
     Returns:
         An uncompiled `RetrievalModel`.
@@ -381,6 +415,9 @@ def build_model(config: ModelConfig, vocab_size: int, max_len: int,
     if sampling_probability is not None and len(sampling_probability) != vocab_size:
         raise ValueError(f"sampling_probability has {len(sampling_probability)} entries; "
                          f"expected vocab_size={vocab_size}.")
+    if user_ids is not None:
+        user_ids = np.unique(np.asarray(user_ids, np.int64))
+        num_users = len(user_ids)
     context = BuildContext(vocab_size, max_len, sampling_probability, item_features,
-                           item_counts, trained_positions)
+                           item_counts, trained_positions, user_ids, num_users)
     return MODEL_KINDS.get(config.kind).target(config, options, context)

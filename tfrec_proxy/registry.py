@@ -1,9 +1,10 @@
-"""Registries: model kinds, scorers, extractions, item towers and loss weightings by name.
+"""Registries: model kinds, scorers, encoders, extractions, item towers and loss
+weightings by name.
 
 A new method is one module plus a registration: the module decorates its builder (or
 scorer class) with `MODEL_KINDS.register(...)` / `SCORERS.register(...)` /
-`EXTRACTIONS.register(...)` / `ITEM_TOWERS.register(...)` / `WEIGHTINGS.register(...)`
-and its module name is added to `BUILTIN_MODULES` below, so that looking a name up
+`EXTRACTIONS.register(...)` / `ITEM_TOWERS.register(...)` / `ENCODERS.register(...)` /
+`WEIGHTINGS.register(...)` and its module name is added to `BUILTIN_MODULES` below, so that looking a name up
 imports it. Build, restore, export and evaluation then find it by the name stored in
 the run's `config.json` (`model.kind`, `model.scorer`, `model.item_tower`) and
 `manifest.json` (`model_kind`).
@@ -34,6 +35,8 @@ BUILTIN_MODULES: Tuple[str, ...] = (
     "tfrec_proxy.layers.extraction",  # extractions "last", "mean"
     "tfrec_proxy.layers.parametric_attention",  # MUR: extraction and scorer "mur"
     "tfrec_proxy.layers.pir",  # PIR: item tower "pir"
+    "tfrec_proxy.layers.sasrec",  # encoder "sasrec", item tower "shared"
+    "tfrec_proxy.layers.ram",  # encoders "ram", "ram-u"
     "tfrec_proxy.weighting.baselines",  # weightings "none", "frequency"
     "tfrec_proxy.weighting.idw",  # weighting "idw"
 )
@@ -162,7 +165,13 @@ EXTRACTIONS = Registry("extraction")
 # `(ModelConfig, BuildContext) -> layer` mapping a candidate feature dict
 # (`{"item_id": [...]}`, plus what the tower reads) to `[..., d]` item vectors;
 # metadata `attributes=True`: it also embeds `{"attributes", "context"}` of items
-# outside the vocabulary (new items, `tfrec_proxy.new_items`).
+# outside the vocabulary (new items, `tfrec_proxy.new_items`); `shares_history=True`:
+# the encoder embeds history items with it (tied embeddings).
 ITEM_TOWERS = Registry("item tower")
+# `(ModelConfig, BuildContext, item_encoder) -> layer` mapping `[B, L]` histories to
+# `[B, L, d]` hidden states (`item_encoder`: a layer embedding the history items
+# instead of the encoder's own table, or None); metadata `user_embedding=True` adds a
+# per-user embedding to the query tower (RAM).
+ENCODERS = Registry("encoder")
 # `(RunConfig) -> [Phase, ...]`: the training schedule of a loss weighting.
 WEIGHTINGS = Registry("weighting")

@@ -23,6 +23,8 @@ A run folder (`saved_models/<run>/`) holds:
 * `item_features.json` + `item_features.npz` (optional): the fitted item feature
   spec and the `[V, d_A]` attributes / `[V, d_C]` context by item index, for
   attribute-aware item towers (PIR) and for embedding items added later.
+* `users.json` (optional): the raw user ids a query tower with a user embedding
+  (RAM) knows; other users get u = 0 at serving time.
 * `state/` (optional): training state of the method, one `.npz` per concern (e.g.
   `state/idw.npz`: IDW's item weights, iteration and phase), restorable with it.
 
@@ -43,6 +45,7 @@ FORMAT = "tfrec_proxy.run"
 FORMAT_VERSION = 2
 PAD_ID = -1
 STATE_FOLDER = "state"
+USERS_FILE = "users.json"  # the known users of a query tower with a user embedding
 INDEXES = ("scann", "brute_force")  # in order of preference
 REQUIRED_FILES = ("manifest.json", "config.json", "vocabulary.json", "candidates.npz",
                   "query_model/saved_model.pb", "weights/checkpoint")

@@ -32,9 +32,9 @@ from tfrec_proxy.metrics.clustering import silhouette_score
 from tfrec_proxy.models import (RetrievalModel, build_model, check_model_config,
                                 resolve_scorer)
 from tfrec_proxy.phases import ItemWeights, Phase
-from tfrec_proxy.registry import WEIGHTINGS
+from tfrec_proxy.registry import ENCODERS, WEIGHTINGS
 from tfrec_proxy.data.item_features import SPEC_FILE, ItemFeatures
-from tfrec_proxy.run_format import RunFormatError
+from tfrec_proxy.run_format import USERS_FILE, RunFormatError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 EVAL_CHUNKS = CHUNKS
@@ -118,14 +118,17 @@ def _sublayer(model: RetrievalModel, path: str) -> tf.keras.layers.Layer:
 def _datasets(config: RunConfig, data: PreparedData, model: RetrievalModel,
               global_batch: int) -> Tuple[tf.data.Dataset, tf.data.Dataset]:
     seed = config.train.seed
+    users = "user_id" in model.query_tower.context_specs
     if config.model.all_positions and model.query_tower.supports_all_positions:
         sequences = data.split.train_sequences
         per_batch = max(sequences_per_batch(sequences, global_batch),
                         config.train.min_sequences_per_batch)
-        train_ds = make_sequence_dataset(sequences, per_batch, shuffle=True, seed=seed)
+        train_ds = make_sequence_dataset(sequences, per_batch, shuffle=True, seed=seed,
+                                         with_users=users)
     else:
-        train_ds = make_dataset(data.split.train, global_batch, shuffle=True, seed=seed)
-    return train_ds, make_dataset(data.split.validation, global_batch)
+        train_ds = make_dataset(data.split.train, global_batch, shuffle=True, seed=seed,
+                                with_users=users)
+    return train_ds, make_dataset(data.split.validation, global_batch, with_users=users)
 
 
 def _phase_callbacks(config: RunConfig, data: PreparedData, phase: Phase,
@@ -212,7 +215,8 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
             model = build_model(config.model, data.vocab.size, config.data.max_len,
                                 data.sampling_probability, item_features=data.item_features,
                                 item_counts=data.item_counts,
-                                trained_positions=trained_positions(config.data))
+                                trained_positions=trained_positions(config.data),
+                                user_ids=_users_if_needed(config, data))
         _check_trainable(model, phases)
         global_batch = config.train.batch_size * strategy.num_replicas_in_sync
         train_ds, validation_ds = _datasets(config, data, model, global_batch)
@@ -271,11 +275,19 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
                        time.perf_counter() - started, done)
 
 
+def _users_if_needed(config: RunConfig, data: PreparedData) -> Optional[np.ndarray]:
+    """The data's raw user ids when the encoder has a user embedding (RAM)."""
+    if not ENCODERS.get(config.model.encoder).metadata.get("user_embedding"):
+        return None
+    return np.unique(data.interactions["user_id"].to_numpy())
+
+
 def method_summary(config: RunConfig) -> Dict[str, Any]:
-    """Which method a run trained (for `metrics.json`): item tower, extraction, M,
-    scorer, loss, item norm and weighting."""
+    """Which method a run trained (for `metrics.json`): encoder, item tower,
+    extraction, M, scorer, loss, item norm and weighting."""
     model = config.model
-    return {"item_tower": model.item_tower, "extraction": model.extraction,
+    return {"encoder": model.encoder, "item_tower": model.item_tower,
+            "extraction": model.extraction,
             "num_interests": model.num_interests if model.extraction == "mur" else 1,
             "scorer": resolve_scorer(model), "loss": model.loss,
             "item_norm": model.item_norm, "weighting": config.train.weighting}
@@ -355,11 +367,15 @@ def restore_model(run_dir: Union[str, Path]) -> Tuple[RetrievalModel, Vocabulary
                              f"{missing}; expected a run folder written by `tfrec-proxy train`.")
     config = RunConfig.from_json(run_dir / "config.json")
     vocab = Vocabulary.load(run_dir / "vocabulary.json")
+    users = None
+    if (run_dir / USERS_FILE).exists():
+        users = json.loads((run_dir / USERS_FILE).read_text())["ids"]
     model = build_model(config.model, vocab.size, config.data.max_len,
                         item_features=read_item_features(run_dir),
-                        trained_positions=trained_positions(config.data))
+                        trained_positions=trained_positions(config.data), user_ids=users)
     # Create the towers' variables so the checkpoint restores into them now.
-    model.query_tower({"history": tf.zeros([1, config.data.max_len], tf.int32)})
+    model.query_tower(model.sample_query_features(
+        tf.zeros([1, config.data.max_len], tf.int32)))
     model.candidate_tower(model.candidate_features(tf.zeros([1], tf.int32)))
     status = model.load_weights(str(run_dir / "weights" / "model"))
     status.expect_partial().assert_existing_objects_matched()

@@ -118,6 +118,9 @@ def _run_add_items(args: argparse.Namespace) -> int:
     return 0
 
 
+UNKNOWN_USER = -1  # `recommend` without --user on a run with a user embedding: u = 0
+
+
 def _run_recommend(args: argparse.Namespace) -> int:
     # Read the input before loading the run, so a bad file fails in milliseconds.
     if args.history is not None:
@@ -126,6 +129,8 @@ def _run_recommend(args: argparse.Namespace) -> int:
     else:
         entries = list(read_histories(args.histories))
         where = "<stdin>" if args.histories == "-" else args.histories
+    import numpy as np
+
     from tfrec_proxy.serving import HistoryError, UnknownItemsWarning, load_run
 
     _quiet_absl()
@@ -140,12 +145,21 @@ def _run_recommend(args: argparse.Namespace) -> int:
         raise ValueError(f"{where}{'' if line is None else f' line {line}'}: "
                          f"{error.detail}") from None
     _warn_unknown(entries, unknown, where)
+    takes_user = "user_id" in run.context_features
+    if args.user is not None and not takes_user:
+        raise ValueError(f"--user {args.user}: this run's query tower has no user "
+                         "embedding (train with --encoder ram to use one).")
+    # Users the run does not know (and no --user) get u = 0: RAM-u's score.
+    user = UNKNOWN_USER if args.user is None else args.user
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownItemsWarning)  # reported above, per line
         for start in range(0, len(entries), args.batch_size):
             batch = slice(start, start + args.batch_size)
+            rows = len(histories[batch])
+            context = {"user_id": np.full(rows, user, np.int64)} if takes_user else None
             ids, scores = run.recommend(histories[batch], k=args.k, index=index,
-                                        exclude_seen=args.exclude_seen, strict=args.strict)
+                                        exclude_seen=args.exclude_seen, strict=args.strict,
+                                        context=context)
             for (line, history), row_unknown, row_ids, row_scores in zip(
                     entries[batch], unknown[batch], ids, scores):
                 record: Dict[str, Any] = {} if line is None else {"line": line}

@@ -32,7 +32,8 @@ LOSSES = ("softmax", "focal", "qmargin",  # tasks.LOSSES + objectives.OBJECTIVES
 SAMPLERS = ("uniform", "popularity")  # objectives.SAMPLERS
 ITEM_NORMS = ("none", "train", "posthoc")  # layers.item_norm.ITEM_NORM_MODES
 WEIGHTINGS = ("none", "frequency", "idw")  # registry.WEIGHTINGS (built-in names)
-ITEM_TOWERS = ("id", "pir")  # registry.ITEM_TOWERS (built-in names)
+ITEM_TOWERS = ("id", "pir", "shared")  # registry.ITEM_TOWERS (built-in names)
+ENCODERS = ("self-attention", "sasrec", "ram", "ram-u")  # registry.ENCODERS
 SPLITS = ("chunked", "per-user")  # data.prepare.SPLITS
 
 
@@ -140,8 +141,10 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "synthetic item attributes",
                type=_number(float, "a number >= 0", lambda value: 0 <= value < float("inf"))),
     # Model.
-    ConfigFlag("--item-tower", "model.item_tower", "item tower: id embedding + MLP, or "
-               "PIR proxy-based representation from the item features", choices=ITEM_TOWERS),
+    ConfigFlag("--item-tower", "model.item_tower", "item tower: id embedding + MLP, PIR "
+               "proxy-based representation from the item features, or shared: the "
+               "encoder's own item embedding table (SASRec's tied embeddings)",
+               choices=ITEM_TOWERS),
     ConfigFlag("--num-proxies", "model.num_proxies", "n_proxy, the proxy embeddings of "
                "--item-tower pir", type=positive_int),
     ConfigFlag("--frequent-bias-k", "model.frequent_bias_k", "K, the most frequent items "
@@ -152,8 +155,13 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                const=True),
     ConfigFlag("--embedding-dim", "model.embedding_dim", "output size of both towers "
                "(also the item tower's last layer)", type=positive_int),
-    ConfigFlag("--num-layers", "model.num_layers", "self-attention blocks in the query "
-               "tower", type=positive_int),
+    ConfigFlag("--encoder", "model.encoder", "sequence encoder of the query tower: the IDW "
+               "self-attention encoder, SASRec, RAM (reused item representations + user "
+               "embedding) or RAM-u (without it)", choices=ENCODERS),
+    ConfigFlag("--num-layers", "model.num_layers", "attention blocks in the query tower "
+               "(also --num-blocks)", type=positive_int),
+    ConfigFlag("--num-blocks", "model.num_layers", "n_b, attention blocks of the encoder "
+               "(same as --num-layers)", type=positive_int),
     ConfigFlag("--num-heads", "model.num_heads", "attention heads per block",
                type=positive_int),
     ConfigFlag("--dropout", "model.dropout", "dropout rate in the query tower",
@@ -362,6 +370,9 @@ def _add_recommend(recommend: ArgumentParser) -> None:
                         "comma-separated ids; blank lines are skipped; '-' reads stdin. "
                         "Prints one JSON object per history, in order")
     recommend.add_argument("-k", type=positive_int, default=10, help="items per history")
+    recommend.add_argument("--user", type=int, help="raw user id of the histories, for runs "
+                           "with a user embedding (--encoder ram; default: an unknown user, "
+                           "whose embedding is zero)")
     recommend.add_argument("--index", choices=INDEXES,
                            help="retrieval index (default: scann when the run has it, "
                            "else brute_force)")

@@ -23,7 +23,7 @@ def _batched(tensors: dict, size: int, batch_size: int, shuffle: bool, seed: int
 
 
 def make_dataset(examples: Examples, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 drop_remainder: bool = False) -> "tf.data.Dataset":
+                 drop_remainder: bool = False, with_users: bool = False) -> "tf.data.Dataset":
     """Batches examples as a `tf.data.Dataset`.
 
     Args:
@@ -32,9 +32,11 @@ def make_dataset(examples: Examples, batch_size: int, shuffle: bool = False, see
         shuffle: shuffle over the whole set, differently on every pass.
         seed: shuffle seed.
         drop_remainder: drop a last batch smaller than B.
+        with_users: also give each example's raw user id as `"user_id"` (int64
+            `[B]`), for query towers with a user embedding.
 
     Returns:
-        Dataset of `{"history": int32 [B, L], "target": int32 [B]}`.
+        Dataset of `{"history": int32 [B, L], "target": int32 [B]}` (+ `"user_id"`).
 
     Raises:
         ValueError: `batch_size < 1` or `examples` is empty.
@@ -42,14 +44,17 @@ def make_dataset(examples: Examples, batch_size: int, shuffle: bool = False, see
     check_positive_int("batch_size", batch_size)
     if len(examples) == 0:
         raise ValueError("examples is empty: nothing to put in a dataset")
-    return _batched({"history": examples.history.astype(np.int32),
-                     "target": examples.target.astype(np.int32)},
-                    len(examples), batch_size, shuffle, seed, drop_remainder)
+    tensors = {"history": examples.history.astype(np.int32),
+               "target": examples.target.astype(np.int32)}
+    if with_users:
+        tensors["user_id"] = examples.user.astype(np.int64)
+    return _batched(tensors, len(examples), batch_size, shuffle, seed, drop_remainder)
 
 
 def make_sequence_dataset(sequences: SequenceExamples, batch_size: int,
                           shuffle: bool = False, seed: int = 0,
-                          drop_remainder: bool = False) -> "tf.data.Dataset":
+                          drop_remainder: bool = False,
+                          with_users: bool = False) -> "tf.data.Dataset":
     """Batches whole training sequences (all-positions training) as a `tf.data.Dataset`.
 
     Args:
@@ -59,9 +64,11 @@ def make_sequence_dataset(sequences: SequenceExamples, batch_size: int,
         shuffle: shuffle the sequences over the whole set, differently on every pass.
         seed: shuffle seed.
         drop_remainder: drop a last batch smaller than B.
+        with_users: also give each row's raw user id as `"user_id"` (int64 `[B]`).
 
     Returns:
-        Dataset of `{"history": int32 [B, L], "targets": int32 [B, L]}`.
+        Dataset of `{"history": int32 [B, L], "targets": int32 [B, L]}` (+
+        `"user_id"`).
 
     Raises:
         ValueError: `batch_size < 1` or `sequences` is empty.
@@ -69,9 +76,11 @@ def make_sequence_dataset(sequences: SequenceExamples, batch_size: int,
     check_positive_int("batch_size", batch_size)
     if len(sequences) == 0:
         raise ValueError("sequences is empty: nothing to put in a dataset")
-    return _batched({"history": sequences.history.astype(np.int32),
-                     "targets": sequences.targets.astype(np.int32)},
-                    len(sequences), batch_size, shuffle, seed, drop_remainder)
+    tensors = {"history": sequences.history.astype(np.int32),
+               "targets": sequences.targets.astype(np.int32)}
+    if with_users:
+        tensors["user_id"] = sequences.user.astype(np.int64)
+    return _batched(tensors, len(sequences), batch_size, shuffle, seed, drop_remainder)
 
 
 def sequences_per_batch(sequences: SequenceExamples, target_batch: int) -> int:

@@ -19,6 +19,7 @@ from tfrec_proxy._tf import tf
 
 ITEM_ID = "item_id"
 HISTORY = "history"
+USER_ID = "user_id"
 
 
 def history_of(features: Union[tf.Tensor, Mapping[str, tf.Tensor]]) -> tf.Tensor:
@@ -46,15 +47,40 @@ class QueryTower(tf.keras.layers.Layer):
             `SelfAttentionEncoder`).
         extraction: `[B, L, d]` hidden states (+ `[B, L]` mask) -> `[B, d]` or
             `[B, M, d]` (e.g. `SequenceExtraction`).
+        user_embedding: Optional layer `[B]` raw user ids -> `[B, d]` added to every
+            user vector (RAM's long-term preference u, eq. 5: `(h + u) . v`); the
+            tower then reads the `"user_id"` query feature.
     """
 
     def __init__(self, encoder: tf.keras.layers.Layer, extraction: tf.keras.layers.Layer,
+                 user_embedding: Optional[tf.keras.layers.Layer] = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.encoder = encoder
         self.extraction = extraction
+        self.user_embedding = user_embedding
 
-    context_specs: Dict[str, tf.TensorSpec] = {}
+    @property
+    def context_specs(self) -> Dict[str, tf.TensorSpec]:
+        """The query features besides the history: `"user_id"` (int64 `[B]`) with a
+        user embedding, else none."""
+        if self.user_embedding is None:
+            return {}
+        return {USER_ID: tf.TensorSpec([None], tf.int64, name=USER_ID)}
+
+    def _add_user(self, features: Union[tf.Tensor, Mapping[str, tf.Tensor]],
+                  user: tf.Tensor) -> tf.Tensor:
+        """`user` (`[B, ..., d]`) plus the user embedding broadcast over the middle axes."""
+        if self.user_embedding is None:
+            return user
+        if not isinstance(features, Mapping) or USER_ID not in features:
+            given = sorted(features) if isinstance(features, Mapping) else "a bare history"
+            raise KeyError(f"This query tower has a user embedding and needs the feature "
+                           f"{USER_ID!r}; got {given}.")
+        vector = tf.cast(self.user_embedding(features[USER_ID]), user.dtype)  # [B, d]
+        for _ in range(len(user.shape) - 2):
+            vector = vector[:, tf.newaxis]
+        return user + vector
 
     def call(self, features: Union[tf.Tensor, Mapping[str, tf.Tensor]],
              training: Optional[bool] = None) -> tf.Tensor:
@@ -70,8 +96,8 @@ class QueryTower(tf.keras.layers.Layer):
         """
         history = history_of(features)
         hidden = self.encoder(history, training=training)
-        user = self.extraction(hidden, mask=tf.not_equal(history, 0))
-        return tf.cast(user, tf.float32)
+        user = tf.cast(self.extraction(hidden, mask=tf.not_equal(history, 0)), tf.float32)
+        return self._add_user(features, user)
 
     @property
     def supports_all_positions(self) -> bool:
@@ -103,20 +129,24 @@ class QueryTower(tf.keras.layers.Layer):
                              "train on per-prefix examples instead.")
         history = history_of(features)
         hidden = self.encoder(history, training=training)
-        return tf.cast(self.extraction.prefix_outputs(hidden, tf.not_equal(history, 0)),
+        user = tf.cast(self.extraction.prefix_outputs(hidden, tf.not_equal(history, 0)),
                        tf.float32)
+        return self._add_user(features, user)
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update(encoder=tf.keras.layers.serialize(self.encoder),
                       extraction=tf.keras.layers.serialize(self.extraction))
+        if self.user_embedding is not None:
+            config["user_embedding"] = tf.keras.layers.serialize(self.user_embedding)
         return config
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "QueryTower":
         config = dict(config)
-        config["encoder"] = tf.keras.layers.deserialize(config["encoder"])
-        config["extraction"] = tf.keras.layers.deserialize(config["extraction"])
+        for name in ("encoder", "extraction", "user_embedding"):
+            if config.get(name) is not None:
+                config[name] = tf.keras.layers.deserialize(config[name])
         return cls(**config)
 
 
