@@ -78,9 +78,11 @@ def _block_by_hand(block, hidden, keys_values, real):
     weights /= weights.sum(-1, keepdims=True)
     attended = (weights @ v) @ w["attention_output/kernel"][0] + w["attention_output/bias"]
     x = (queries if block.residual_from_normed_query else hidden) + attended
-    ffn = np.maximum(_ln(x, block._ffn_norm) @ block._ffn_hidden.kernel.numpy()
+    normed = _ln(x, block._ffn_norm)
+    ffn = np.maximum(normed @ block._ffn_hidden.kernel.numpy()
                      + block._ffn_hidden.bias.numpy(), 0.0)
-    x = x + ffn @ block._ffn_out.kernel.numpy() + block._ffn_out.bias.numpy()
+    base = normed if block.ffn_residual_from_normed else x
+    x = base + ffn @ block._ffn_out.kernel.numpy() + block._ffn_out.bias.numpy()
     return x * real[:, np.newaxis]
 
 

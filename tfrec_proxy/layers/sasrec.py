@@ -27,11 +27,13 @@ def zero_padding(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
 class AttentionBlock(tf.keras.layers.Layer):
-    """`x = base + MHA(LN(h), kv, kv)`, then `x + FFN(LN(x))`, padded rows zeroed.
+    """`x = base + MHA(LN(h), kv, kv)`, then `x' + FFN(LN(x))`, padded rows zeroed.
 
     `base` is `LN(h)` when `residual_from_normed_query` (SASRec's code: the
     residual starts from the layer-normed queries) and `h` otherwise (RAM's
-    `g = h + attention`). Keys/values are not layer-normed (SASRec's
+    `g = h + attention`). `x'` is `LN(x)` when `ffn_residual_from_normed` (SASRec's
+    code, `feedforward(normalize(seq))` adds its input, which is normed; the paper
+    writes `x + FFN(LN(x))`) and `x` otherwise. Keys/values are not layer-normed (SASRec's
     `multihead_attention(queries=normalize(seq), keys=seq)`). Keras's
     `MultiHeadAttention` divides the logits by `sqrt(d / num_heads)` and has biases
     on its projections; with one head the scaling is RAM eq. 3's `sqrt(d)`.
@@ -48,6 +50,8 @@ class AttentionBlock(tf.keras.layers.Layer):
         causal: Query i attends to keys `<= i` only.
         residual_from_normed_query: Start the attention residual from `LN(h)`
             (SASRec) instead of `h` (RAM).
+        ffn_residual_from_normed: Start the feed-forward residual from `LN(x)`
+            (SASRec's reference code) instead of `x`.
 
     Example:
 
@@ -58,7 +62,7 @@ class AttentionBlock(tf.keras.layers.Layer):
 
     def __init__(self, dim: int, num_heads: int = 1, dropout: float = 0.0,
                  causal: bool = True, residual_from_normed_query: bool = True,
-                 **kwargs: Any) -> None:
+                 ffn_residual_from_normed: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if dim < 1 or num_heads < 1:
             raise ValueError(f"dim and num_heads must be >= 1, got dim={dim}, "
@@ -70,6 +74,7 @@ class AttentionBlock(tf.keras.layers.Layer):
         self.dropout = dropout
         self.causal = causal
         self.residual_from_normed_query = residual_from_normed_query
+        self.ffn_residual_from_normed = ffn_residual_from_normed
         self._attention_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
         self._attention = tf.keras.layers.MultiHeadAttention(
             num_heads=num_heads, key_dim=max(1, dim // num_heads), dropout=dropout)
@@ -99,15 +104,18 @@ class AttentionBlock(tf.keras.layers.Layer):
                                    attention_mask=attention_mask,
                                    use_causal_mask=self.causal, training=training)
         x = (queries if self.residual_from_normed_query else hidden) + attended
-        ffn = self._hidden_dropout(self._ffn_hidden(self._ffn_norm(x)), training=training)
-        x = x + self._residual_dropout(self._ffn_out(ffn), training=training)
+        normed = self._ffn_norm(x)
+        ffn = self._hidden_dropout(self._ffn_hidden(normed), training=training)
+        base = normed if self.ffn_residual_from_normed else x
+        x = base + self._residual_dropout(self._ffn_out(ffn), training=training)
         return x if mask is None else zero_padding(x, mask)
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update(dim=self.dim, num_heads=self.num_heads, dropout=self.dropout,
                       causal=self.causal,
-                      residual_from_normed_query=self.residual_from_normed_query)
+                      residual_from_normed_query=self.residual_from_normed_query,
+                      ffn_residual_from_normed=self.ffn_residual_from_normed)
         return config
 
 
@@ -175,11 +183,12 @@ class SASRecEncoder(BlockEncoder):
     """SASRec's encoder: item-id history -> `[B, L, d]` hidden states.
 
     `x = (sqrt(d) V[b] + P) * mask` after dropout; then per block
-    `Q = LN(x)`, `x = Q + MHA(Q, x, x)` (causal and padding mask), `x = x +
-    FFN(LN(x))`, `x = x * mask`; finally `LN(x)`. SASRec's TensorFlow code starts
-    the feed-forward residual from `LN(x)`; this follows its paper's
-    `g(x) = x + Dropout(g(LayerNorm(x)))` there. With `item_encoder`, its outputs
-    are scaled by `sqrt(d)` as the id embeddings are.
+    `Q = LN(x)`, `x = Q + MHA(Q, x, x)` (causal and padding mask), `Q' = LN(x)`,
+    `x = Q' + FFN(Q')`, `x = x * mask`; finally `LN(x)`. Both residuals start from
+    the normed inputs, as in SASRec's reference TensorFlow code (its paper writes the
+    feed-forward step as `x + Dropout(FFN(LN(x)))`), since the published figures come
+    from that code. With `item_encoder`, its outputs are scaled by `sqrt(d)` as the
+    id embeddings are.
 
     Positions follow `SelfAttentionEncoder` (0 at the oldest real item), not
     SASRec's absolute slots, so a prefix encoded alone equals the same prefix inside
@@ -212,8 +221,10 @@ class SASRecEncoder(BlockEncoder):
                  **kwargs: Any) -> None:
         super().__init__(vocab_size, dim, max_len, num_layers, num_heads, dropout, causal,
                          num_positions, oov_rate, item_encoder, **kwargs)
+        # Both residuals as SASRec's reference code has them (from the normed inputs).
         self.blocks = [AttentionBlock(dim, num_heads, dropout, causal,
-                                      residual_from_normed_query=True, name=f"block_{i}")
+                                      residual_from_normed_query=True,
+                                      ffn_residual_from_normed=True, name=f"block_{i}")
                        for i in range(num_layers)]
 
     @property
