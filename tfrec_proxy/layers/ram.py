@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from tfrec_proxy._tf import tf
-from tfrec_proxy.layers.sasrec import AttentionBlock, BlockEncoder
+from tfrec_proxy.layers.sasrec import BlockEncoder
 from tfrec_proxy.registry import ENCODERS
 
 # Id table entries before `set_users` or a weight restore: matches no real user
@@ -61,16 +61,8 @@ class RAMEncoder(BlockEncoder):
         hidden = encoder(tf.constant([[0, 0, 5, 7]]))  # [1, 4, 16]
     """
 
-    def __init__(self, vocab_size: int, dim: int = 16, max_len: int = 30,
-                 num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
-                 causal: bool = True, num_positions: Optional[int] = None,
-                 oov_rate: float = 0.0, item_encoder: Optional[tf.keras.layers.Layer] = None,
-                 **kwargs: Any) -> None:
-        super().__init__(vocab_size, dim, max_len, num_layers, num_heads, dropout, causal,
-                         num_positions, oov_rate, item_encoder, **kwargs)
-        self.blocks = [AttentionBlock(dim, num_heads, dropout, causal,
-                                      residual_from_normed_query=False, name=f"block_{i}")
-                       for i in range(num_layers)]
+    # RAM: g = h + attention (residual from h, not from the normed query).
+    block_options = {"residual_from_normed_query": False}
 
     def keys_values(self, history: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
         """The reused item representations E that every block attends over.

@@ -125,10 +125,13 @@ class BlockEncoder(SelfAttentionEncoder):
     It keeps the parent's item table (or `item_encoder`), position embedding and
     its convention (position 0 at the oldest real item, clamped at
     `num_positions - 1`), OOV replacement, `compute_mask`, final LayerNorm and
-    config, builds none of its `TransformerBlock`s, and adds `embed`. Subclasses
-    fill `self.blocks` and define `call`. Arguments are `SelfAttentionEncoder`'s,
-    except that `causal` defaults to True and `num_layers` must be >= 1.
+    config, builds none of its `TransformerBlock`s, and adds `embed`. It builds
+    `num_layers` `AttentionBlock`s with the subclass's `block_options`; subclasses
+    define `call`. Arguments are `SelfAttentionEncoder`'s, except that `causal`
+    defaults to True and `num_layers` must be >= 1.
     """
+
+    block_options: Dict[str, Any] = {}  # AttentionBlock residual settings
 
     def __init__(self, vocab_size: int, dim: int = 16, max_len: int = 30,
                  num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
@@ -141,6 +144,8 @@ class BlockEncoder(SelfAttentionEncoder):
         super().__init__(vocab_size, dim, max_len, 0, num_heads, dropout, causal,
                          num_positions, oov_rate, item_encoder, **kwargs)
         self.num_layers = num_layers
+        self.blocks = [AttentionBlock(dim, num_heads, dropout, causal, **self.block_options,
+                                      name=f"block_{i}") for i in range(num_layers)]
 
     @property
     def embedding_scale(self) -> float:
@@ -214,18 +219,8 @@ class SASRecEncoder(BlockEncoder):
         hidden = encoder(tf.constant([[0, 0, 5, 7]]))  # [1, 4, 16]
     """
 
-    def __init__(self, vocab_size: int, dim: int = 16, max_len: int = 30,
-                 num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1,
-                 causal: bool = True, num_positions: Optional[int] = None,
-                 oov_rate: float = 0.0, item_encoder: Optional[tf.keras.layers.Layer] = None,
-                 **kwargs: Any) -> None:
-        super().__init__(vocab_size, dim, max_len, num_layers, num_heads, dropout, causal,
-                         num_positions, oov_rate, item_encoder, **kwargs)
-        # Both residuals as SASRec's reference code has them (from the normed inputs).
-        self.blocks = [AttentionBlock(dim, num_heads, dropout, causal,
-                                      residual_from_normed_query=True,
-                                      ffn_residual_from_normed=True, name=f"block_{i}")
-                       for i in range(num_layers)]
+    # Both residuals as SASRec's reference code has them (from the normed inputs).
+    block_options = {"residual_from_normed_query": True, "ffn_residual_from_normed": True}
 
     @property
     def embedding_scale(self) -> float:
