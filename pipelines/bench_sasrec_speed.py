@@ -6,44 +6,39 @@
         --repeats 2 --results /tmp/sasrec_speed.jsonl        # smoke run
     python pipelines/bench_sasrec_speed.py --summarize        # table of past runs
 
-Contenders, at equal dims (d = 64, histories of 50, Adam at --learning-rate), one
-process for the two TensorFlow models, RecBole in a worker subprocess:
+Contenders at equal dims (d = 64, histories of 50, Adam at --learning-rate):
 
 * ours: `build_model` with encoder "sasrec", item tower "shared", 2 blocks x 1 head
   (SASRec's ML-1M setting), dropout 0.2, loss "full-softmax" (CE over every item, as
-  RecBole's CE), all-positions training on `data.split.train_sequences`;
-* plain TFRS: `bench_train_speed.PlainTfrsModel` (masked GRU(64) over the history as
-  query tower, an id embedding as candidate tower, `tfrs.tasks.Retrieval` in-batch
-  softmax with logQ) on the per-prefix examples `data.split.train`;
-* RecBole 1.2.1 SASRec (`--recbole-python`, optional): hidden_size 64, inner_size
-  `--recbole-inner-size` (64 = ours; RecBole's default is 256), n_layers 2, n_heads 1,
-  dropout 0.2, relu, MAX_ITEM_LIST_LENGTH 50, loss_type CE, train_neg_sample_args
-  None, train_batch_size 1024, on the same interactions (ML-1M: `ml-1m.txt`, `user
-  item` lines in time order; converted to atomic files `ml1m.inter` in --recbole-dir,
-  outside the repo), leave-one-out split (LS valid_and_test, time order).
+  RecBole's CE), all-positions training on `data.split.train_sequences` (per-user split);
+* plain TFRS: `bench_train_speed.PlainTfrsModel` (masked GRU(64) query tower over the
+  history, id-embedding candidate tower, `tfrs.tasks.Retrieval` in-batch softmax with
+  logQ) on the per-prefix examples `data.split.train`, 1,024 examples per step;
+* RecBole 1.2.1 SASRec (optional, `--recbole-python`; a worker subprocess): hidden_size
+  64, inner_size `--recbole-inner-size` (64 = ours; RecBole's default 256), n_layers 2,
+  n_heads 1, dropout 0.2, relu, MAX_ITEM_LIST_LENGTH 50, loss_type CE,
+  train_neg_sample_args None, train_batch_size 1024, leave-one-out (LS, time order), on
+  `ml-1m.txt` (`user item` lines in time order, written as atomic file `ml1m.inter` into
+  --recbole-dir, default a new /tmp folder outside the repo; synthetic data likewise).
 
-Example accounting (examples = target positions, as RecBole counts them): RecBole's
-SASRec augments each user sequence into its prefixes, one example = one prefix with
-its next item as target, and a batch of 1024 = 1024 targets. Ours encodes whole
-sequences once with a target at every position, so a step takes
-`sequences_per_batch(train_sequences, 1024)` sequences (about 1,024 targets) and its
-examples are the non-zero `targets` entries it trained on. Plain TFRS: 1,024 per-prefix
-examples per step. examples/s = examples in a round / its `time.perf_counter` seconds.
+Examples are target positions, counted as RecBole counts them: its SASRec augments each
+user sequence into prefixes, one example per prefix (target = the next item), so its
+batch of 1024 is 1,024 targets. Ours encodes whole sequences once with a target at each
+position: a step takes `sequences_per_batch(train_sequences, 1024)` sequences (about
+1,024 targets) and its examples are the non-zero `targets` entries it trained on.
 
-Timing: every contender first runs --warmup untimed steps (covering tf.function tracing
-and optimizer slot creation; `--jit-compile` XLA-compiles both TF steps), then
---repeats rounds of --steps steps each, interleaved round by round (the order rotating)
-so machine noise hits all alike. Each contender's batches (--steps of them, drawn
-shuffled from the library's datasets or RecBole's train DataLoader) are held in memory
-before timing, so the rounds time train steps only (forward, loss, backward, Adam),
-never input pipelines. Reported: examples/s min / median over rounds, and
-`ours / contender` of the medians (goals: >= 5 vs RecBole, >= 0.7 vs plain TFRS).
-Without a working RecBole the issue's 650 examples/s is shown, labelled "quoted, not
-measured". Quality (R@10) is not measured here. Each invocation appends one JSON line
-(settings, rates per round, `os.cpu_count()`, thread variables) to --results, also when
-interrupted (`"complete": false`, the rounds done so far), so runs can be resumed and
-pooled; `--summarize` prints every recorded invocation. Thread counts follow
-TF_NUM_INTRAOP_THREADS (torch.set_num_threads gets the same, default os.cpu_count()).
+Timing (`time.perf_counter`): each contender runs --warmup untimed steps (tf.function
+tracing, optimizer slots; `--jit-compile` XLA-compiles both TF steps), then --repeats
+rounds of --steps steps, the contenders interleaved round by round (order rotating) so
+machine noise hits all alike. Batches (--steps per contender, shuffled, from the
+library's datasets or RecBole's train DataLoader) are held in memory, so rounds time
+train steps only (forward, loss, backward, Adam), no input pipeline. Printed: a table
+of examples/s min / median over rounds and `ours / this` (medians; goals >= 5 vs RecBole,
+>= 0.7 vs plain TFRS); without RecBole the issue's 650 examples/s stands in, labelled
+"quoted, not measured". R@10 is not measured here. Each invocation appends one JSON
+line (settings, per-round rates, `os.cpu_count()`, thread variables) to --results, also
+when interrupted (`"complete": false`, the rounds so far); `--summarize` tabulates them.
+torch gets TF_NUM_INTRAOP_THREADS threads (default `os.cpu_count()`), as TF does.
 """
 
 import argparse
@@ -52,7 +47,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -91,11 +85,11 @@ with open(source) as lines, open(inter, "w") as out:
         if len(parts) >= 2:
             out.write(f"{parts[0]}\t{parts[1]}\t{number}\n")
 import torch
-torch.set_num_threads(settings["threads"])
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.model.sequential_recommender import SASRec
 from recbole.utils import init_seed
+torch.set_num_threads(settings["threads"])
 d = settings["dim"]
 config = Config(model="SASRec", dataset="ml1m", config_dict={
     "data_path": work, "checkpoint_dir": os.path.join(work, "saved"),
@@ -119,7 +113,7 @@ while len(batches) < settings["steps"]:  # the first --steps batches, epochs cyc
         batches.append(interaction.to(config["device"]))
         if len(batches) == settings["steps"]:
             break
-def step(interaction):
+def step(interaction):  # RecBole's Trainer._train_epoch, without its bookkeeping
     optimizer.zero_grad()
     loss = model.calculate_loss(interaction)
     loss.backward()
@@ -140,8 +134,7 @@ for command in sys.stdin:
     for interaction in batches:
         loss = step(interaction)
     loss.item()
-    seconds = time.perf_counter() - start
-    print(f"@@RATE {sum(len(b) for b in batches)} {seconds}", flush=True)
+    print(f"@@RATE {sum(map(len, batches))} {time.perf_counter() - start}", flush=True)
 '''
 
 
@@ -163,6 +156,7 @@ class RecBoleWorker:
         return None
 
     def ready(self) -> Optional[Dict]:
+        """The worker's settings once warmed up; None if it died."""
         reply = self._reply("@@READY ")
         return json.loads(reply) if reply else None
 
@@ -227,15 +221,14 @@ def start_recbole(args, data, threads: int) -> RecBoleWorker:
 
 
 def summarize(path: Path) -> None:
+    """One table row per contender and recorded invocation."""
     rows = []
     for record in read_results(path):
-        rates = record["rates"]
-        ours = statistics.median(rates[OURS]) if rates.get(OURS) else float("nan")
-        for name, values in rates.items():
-            if values:
-                median = statistics.median(values)
-                rows.append([record["time"], record["data"], name, len(values),
-                             f"{min(values):,.0f} / {median:,.0f}", f"{ours / median:.2f}"])
+        rates = {name: values for name, values in record["rates"].items() if values}
+        ours = statistics.median(rates[OURS]) if OURS in rates else float("nan")
+        rows += [[record["time"], record["data"], name, len(values),
+                  f"{min(values):,.0f} / {statistics.median(values):,.0f}",
+                  f"{ours / statistics.median(values):.2f}"] for name, values in rates.items()]
     print(markdown_table(["time", "data", "contender", "rounds", "examples/s min / median",
                           "ours / this"], rows))
 
@@ -264,8 +257,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5, help="rounds per contender")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--dim", type=int, default=64, help="d of every contender")
+    parser.add_argument("--max-len", type=int, default=50, help="history length L")
     parser.add_argument("--batch-size", type=int, default=1024, help="targets per step")
     parser.add_argument("--learning-rate", type=float, default=0.001)
     parser.add_argument("--jit-compile", action="store_true", help="XLA TF train steps")
@@ -344,7 +337,8 @@ def main() -> None:
     finally:
         if worker is not None:
             worker.close()
-        append_result(args.results, record)
+        if any(rates.values()):
+            append_result(args.results, record)
     report(rates)
     print(f"appended to {args.results}" + (f"; RecBole work dir {worker.log.parent}"
                                            if worker is not None else ""))

@@ -142,3 +142,19 @@ def test_small_catalogue_trains_with_fewer_negatives():
     with pytest.warns(UserWarning, match="fewer than num_negatives=99 eligible negative items"):
         result = train(config, export=False, verbose=0)
     assert np.isfinite(result.metrics["sampled/hr@20"])
+
+
+def test_time_budget_stops_training_and_skips_later_phases():
+    from tfrec_proxy.training import train
+
+    config = tiny_config(epochs=50)
+    config.train.weighting = "idw"
+    config.train.time_budget_minutes = 1e-4  # 6 ms: stops after the first step
+    result = train(config, export=False, verbose=0)
+    phases = result.phases
+    assert phases[0]["time_budget"] == "stopped" and phases[0]["epochs"] == 1
+    assert all(p["epochs"] == 0 and p["time_budget"] == "skipped" for p in phases[1:])
+    assert np.isfinite(result.metrics["full/ndcg@20"])
+    with pytest.raises(ValueError, match="time_budget_minutes must be > 0"):
+        config.train.time_budget_minutes = 0
+        train(config, export=False, verbose=0)

@@ -259,6 +259,10 @@ class TrainConfig:
         mixed_precision: Use the `mixed_float16` Keras policy (GPU).
         jit_compile: XLA-compile the train step.
         tensorboard_dir: Write TensorBoard logs here when set.
+        time_budget_minutes: Stop training once this much wall time has passed
+            since the first `fit` started (checked after every step; later phases
+            are skipped; early stopping still restores the best weights); None for
+            no limit.
         weighting: Per-example loss weights by target item: `"none"`,
             `"frequency"` (IDW eq. 5, `1 / p(y)`, normalised to a mean of 1) or
             `"idw"` (iterative density weighting, `idw` settings).
@@ -279,6 +283,7 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     tensorboard_dir: Optional[str] = None
+    time_budget_minutes: Optional[float] = None
     weighting: str = "none"
     idw: IDWConfig = dataclasses.field(default_factory=IDWConfig)
 

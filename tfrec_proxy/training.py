@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tfrec_proxy._tf import tf
+from tfrec_proxy.callbacks import TimeBudget
 from tfrec_proxy.config import RunConfig, TrainConfig
 from tfrec_proxy.data import (PreparedData, Vocabulary, make_dataset, make_sequence_dataset,
                               prepare_data, sequences_per_batch)
@@ -98,6 +99,9 @@ def check_train_config(train: TrainConfig) -> None:
         raise ValueError(f"num_negatives must be >= 1, got {train.num_negatives}.")
     if train.strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {train.strategy!r}; expected one of {STRATEGIES}.")
+    if train.time_budget_minutes is not None and not train.time_budget_minutes > 0:
+        raise ValueError(f"time_budget_minutes must be > 0 (or None for no limit), got "
+                         f"{train.time_budget_minutes}.")
     entry = WEIGHTINGS.get(train.weighting)
     check = entry.metadata.get("check")
     if check is not None:
@@ -220,11 +224,17 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         _check_trainable(model, phases)
         global_batch = config.train.batch_size * strategy.num_replicas_in_sync
         train_ds, validation_ds = _datasets(config, data, model, global_batch)
+        budget = None
+        if config.train.time_budget_minutes is not None:  # the clock starts with fit
+            budget = TimeBudget(time.perf_counter() + 60.0 * config.train.time_budget_minutes)
         for phase in phases:
             phase_started = time.perf_counter()
-            run_it = phase.prepare is None or phase.prepare(model, data) is not False
+            out_of_time = budget is not None and budget.expired
+            run_it = not out_of_time and (phase.prepare is None
+                                          or phase.prepare(model, data) is not False)
             fitted = _fit_phase(model, strategy, config, data, phase, train_ds,
-                                validation_ds, callbacks, verbose) if run_it else {}
+                                validation_ds, [*callbacks, *([budget] if budget else [])],
+                                verbose) if run_it else {}
             offset = sum(p["epochs"] for p in done)
             epochs = len(fitted.get("loss", []))
             for key, values in fitted.items():
@@ -234,6 +244,10 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
             done.append({"name": phase.name, "epochs": epochs,
                          "seconds": round(time.perf_counter() - phase_started, 2),
                          **phase.summary()})
+            if out_of_time:
+                done[-1]["time_budget"] = "skipped"
+            elif budget is not None and budget.stopped_at is not None:
+                done[-1]["time_budget"] = "stopped"
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
     train_seconds = time.perf_counter() - started

@@ -216,6 +216,9 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--jit-compile", "train.jit_compile", "XLA-compile the train step",
                const=True),
     ConfigFlag("--tensorboard-dir", "train.tensorboard_dir", "write TensorBoard logs here"),
+    ConfigFlag("--time-budget", "train.time_budget_minutes", "stop training after this many "
+               "minutes (the best weights so far are kept; later phases skipped)",
+               type=positive_float),
     ConfigFlag("--weighting", "train.weighting", "per-example loss weights: none, frequency "
                "balance (1/p(y)) or IDW iterative density weighting", choices=WEIGHTINGS),
     ConfigFlag("--idw-momentum", "train.idw.momentum", "IDW weight momentum m (eq. 9)",
