@@ -28,6 +28,7 @@ import json
 import math
 import os
 import statistics
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
@@ -79,6 +80,57 @@ def apply_method(config: RunConfig, name: str) -> RunConfig:
         section, field = key.split(".")
         values[section][field] = value
     return RunConfig.from_dict(values)
+
+
+def with_overrides(config: RunConfig, overrides: Mapping[str, Any],
+                   seed: Optional[int] = None) -> RunConfig:
+    """A copy of `config` with `section.field` overrides (and the training seed)."""
+    values = copy.deepcopy(config.to_dict())
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        values[section][field] = value
+    result = RunConfig.from_dict(values)
+    if seed is not None:
+        result.train.seed = int(seed)
+    return result
+
+
+def run_variant_grid(results: Union[str, Path], base: RunConfig,
+                     variants: Mapping[str, Mapping[str, Any]],
+                     order: Sequence[Tuple[str, int]],
+                     describe: Any = None) -> None:
+    """Trains every `(variant, seed)` of `order` not yet in `results` (no export),
+    on data prepared once from `base`, appending one JSON line per finished run:
+    variant (`method`), seed, seconds, config/grid hashes, epochs, phases, trainable
+    parameters and every test metric. `describe(metrics) -> str` adds to the
+    progress line."""
+    from tfrec_proxy.data import prepare_data
+    from tfrec_proxy.export import parameter_report
+    from tfrec_proxy.training import train
+
+    records, done, grid = open_grid(results, base, ("method", "seed"))
+    todo = [(m, s) for m, s in order if (m, s) not in done]
+    print(f"results: {results} ({len(records)} runs there; {len(todo)} of {len(order)} "
+          "to run)", flush=True)
+    if not todo:
+        return
+    data = prepare_data(base.data)
+    print(f"data: {data.summary()}", flush=True)
+    for number, (method, seed) in enumerate(todo, start=1):
+        config = with_overrides(base, variants[method], seed)
+        started = time.perf_counter()
+        result = train(config, export=False, verbose=0, data=data)
+        seconds = time.perf_counter() - started
+        append_result(results, {
+            "method": method, "seed": int(seed), "seconds": round(seconds, 2),
+            "config_hash": config_hash(config), "grid_hash": grid,
+            "epochs": sum(p["epochs"] for p in result.phases),
+            "phases": [{key: p[key] for key in ("name", "epochs", "seconds")}
+                       for p in result.phases],
+            "parameters": parameter_report(result.model), "metrics": result.metrics})
+        extra = f"; {describe(result.metrics)}" if describe else ""
+        print(f"[{number}/{len(todo)}] {method} seed {seed}: {seconds / 60:.1f} min, "
+              f"{sum(p['epochs'] for p in result.phases)} epochs{extra}", flush=True)
 
 
 def config_hash(config: RunConfig) -> str:

@@ -28,15 +28,14 @@ freq0 = most frequent).
 
 import argparse
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from methods import (METHODS, append_result, config_hash, markdown_table, mean,  # noqa: E402
-                     mean_std, open_grid, read_results)
+from methods import (METHODS, markdown_table, mean, mean_std, read_results,  # noqa: E402
+                     run_variant_grid)
 
 HERE = Path(__file__).resolve().parent
 KEY = ("method", "seed")
@@ -71,48 +70,13 @@ def base_config(args: argparse.Namespace):
     return config
 
 
-def run_config(base, method: str, seed: int):
-    from tfrec_proxy.config import RunConfig
-
-    values = base.to_dict()
-    for key, value in VARIANTS[method].items():
-        section, field = key.split(".")
-        values[section][field] = value
-    config = RunConfig.from_dict(values)
-    config.train.seed = int(seed)
-    return config
-
-
 def run_grid(args: argparse.Namespace) -> None:
-    from tfrec_proxy.data import prepare_data
-    from tfrec_proxy.export import parameter_report
-    from tfrec_proxy.training import train
+    def describe(m: Dict[str, float]) -> str:
+        return (f"sampled NDCG@10 {m['sampled/ndcg@10']:.4f}; full NDCG@10 "
+                f"{m['full/ndcg@10']:.4f}; cold full HR@10 {m.get('cold/full/hr@10', 0):.4f}")
 
-    base = base_config(args)
-    records, done, grid = open_grid(args.results, base, KEY)
     order = [(m, s) for s in args.seeds for m in args.methods]
-    todo = [(m, s) for m, s in order if (m, s) not in done]
-    print(f"results: {args.results} ({len(records)} runs there; {len(todo)} of "
-          f"{len(order)} to run)", flush=True)
-    if not todo:
-        return
-    data = prepare_data(base.data)
-    print(f"data: {data.summary()}", flush=True)
-    for number, (method, seed) in enumerate(todo, start=1):
-        config = run_config(base, method, seed)
-        started = time.perf_counter()
-        result = train(config, export=False, verbose=0, data=data)
-        seconds = time.perf_counter() - started
-        record = {"method": method, "seed": int(seed), "seconds": round(seconds, 2),
-                  "config_hash": config_hash(config), "grid_hash": grid,
-                  "epochs": sum(p["epochs"] for p in result.phases),
-                  "parameters": parameter_report(result.model), "metrics": result.metrics}
-        append_result(args.results, record)
-        m = result.metrics
-        print(f"[{number}/{len(todo)}] {method} seed {seed}: {seconds / 60:.1f} min; "
-              f"sampled NDCG@10 {m['sampled/ndcg@10']:.4f}; full NDCG@10 "
-              f"{m['full/ndcg@10']:.4f}; cold full HR@10 {m.get('cold/full/hr@10', 0):.4f}"
-              f" NDCG@10 {m.get('cold/full/ndcg@10', 0):.4f}", flush=True)
+    run_variant_grid(args.results, base_config(args), VARIANTS, order, describe)
 
 
 def summarize(args: argparse.Namespace) -> None:

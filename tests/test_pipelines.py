@@ -14,8 +14,8 @@ def test_configs_parse_and_build():
     from tfrec_proxy.models import build_model
 
     paths = sorted((PIPELINES / "configs").glob("*.json"))
-    assert [p.name for p in paths] == ["ml1m_d64.json", "ml1m_idw.json", "ml1m_sur.json",
-                                       "pir_ml1m.json", "pir_synthetic.json",
+    assert [p.name for p in paths] == ["ml1m_d64.json", "ml1m_idw.json", "ml1m_sasrec.json",
+                                       "ml1m_sur.json", "pir_ml1m.json", "pir_synthetic.json",
                                        "synthetic_default.json"]
     for path in paths:
         config = RunConfig.from_json(path)
@@ -221,3 +221,25 @@ def test_bench_add_items_smoke(tmp_path):
                "--build-repeats", "1", "--repeats", "1", "--results", tmp_path / "add.jsonl")
     assert out.returncode == 0, out.stderr[-3000:]
     assert len((tmp_path / "add.jsonl").read_text().splitlines()) >= 1
+
+
+def test_repro_sasrec_ml1m_smoke(tmp_path):
+    results = tmp_path / "sasrec.jsonl"
+    out = _run("repro_sasrec_ml1m.py", "--quick", "--methods", "sasrec_bce", "ram",
+               "--seeds", "0", "--results", results)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["method"] for r in records] == ["sasrec_bce", "ram"]
+    assert "full/ndcg@10" in records[1]["metrics"]
+    summary = _run("repro_sasrec_ml1m.py", "--summarize", "--results", results)
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    assert "| ram | 1 |" in summary.stdout and "0.2930 / 0.1612" in summary.stdout
+
+
+def test_bench_sasrec_speed_smoke(tmp_path):
+    out = _run("bench_sasrec_speed.py", "--data", "synthetic", "--warmup", "1", "--steps",
+               "2", "--repeats", "1", "--batch-size", "256", "--results",
+               tmp_path / "speed.jsonl")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ours / plain TFRS:" in out.stdout and "quoted, not measured" in out.stdout
+    assert len((tmp_path / "speed.jsonl").read_text().splitlines()) == 1

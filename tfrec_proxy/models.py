@@ -380,7 +380,8 @@ def check_model_config(config: ModelConfig) -> Any:
     if config.item_norm not in ITEM_NORM_MODES:
         raise ValueError(f"Unknown item_norm {config.item_norm!r}; expected one of "
                          f"{ITEM_NORM_MODES}.")
-    if config.item_hidden_units and config.item_hidden_units[-1] != config.embedding_dim:
+    if config.item_tower == "id" and config.item_hidden_units \
+            and config.item_hidden_units[-1] != config.embedding_dim:
         raise ValueError(
             f"The item tower's last layer ({config.item_hidden_units[-1]}) must equal "
             f"embedding_dim ({config.embedding_dim}) so both towers share a space.")
