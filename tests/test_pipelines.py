@@ -243,3 +243,10 @@ def test_bench_sasrec_speed_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ours / plain TFRS:" in out.stdout and "quoted, not measured" in out.stdout
     assert len((tmp_path / "speed.jsonl").read_text().splitlines()) == 1
+
+
+def test_bench_ram_blocks_smoke():
+    out = _run("bench_ram_blocks.py", "--data", "synthetic", "--steps", "1", "--warmup", "1",
+               "--repeats", "1", "--blocks", "2", "--max-len", "20", "--batch-size", "500")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RAM/SASRec step time ratio" in out.stdout.strip().splitlines()[-1]
