@@ -37,6 +37,7 @@ BUILTIN_MODULES: Tuple[str, ...] = (
     "tfrec_proxy.layers.pir",  # PIR: item tower "pir"
     "tfrec_proxy.layers.sasrec",  # encoder "sasrec", item tower "shared"
     "tfrec_proxy.layers.ram",  # encoders "ram", "ram-u"
+    "tfrec_proxy.layers.proxysr",  # scorer "proxysr" (ProxySR eq. 7)
     "tfrec_proxy.weighting.baselines",  # weightings "none", "frequency"
     "tfrec_proxy.weighting.idw",  # weighting "idw"
 )
