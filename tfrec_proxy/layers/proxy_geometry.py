@@ -4,7 +4,7 @@ unit-ball constraint on embeddings, and the temperature annealing of the proxy
 selection (§4.1.4). The layers and the scorer are in `tfrec_proxy.layers.proxysr`.
 """
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 from tfrec_proxy._tf import tf
 
