@@ -165,8 +165,8 @@ def test_choices_agree_with_the_library():
     assert set(cli_parser.WEIGHTINGS) == {"none", "frequency", "idw"} <= set(WEIGHTINGS.names())
     assert set(cli_parser.ITEM_TOWERS) == {"id", "pir", "shared"} <= set(ITEM_TOWERS.names())
     from tfrec_proxy.registry import ENCODERS
-    assert set(cli_parser.ENCODERS) == {"self-attention", "sasrec", "ram", "ram-u"} <= set(
-        ENCODERS.names())
+    assert set(cli_parser.ENCODERS) == {"self-attention", "sasrec", "ram", "ram-u",
+                                        "proxysr"} <= set(ENCODERS.names())
     from tfrec_proxy.data.prepare import SPLITS
     assert cli_parser.SPLITS == SPLITS
 

@@ -263,6 +263,8 @@ def build_two_tower(config: ModelConfig, options: None,
         "shares_history", False)
     encoder_entry = ENCODERS.get(config.encoder)
     encoder = encoder_entry.target(config, context, candidate_tower if shared else None)
+    if encoder_entry.metadata.get("query_tower"):  # the encoder is the whole tower
+        return assemble(config, context, encoder, candidate_tower)
     user_embedding = None
     if encoder_entry.metadata.get("user_embedding"):
         user_embedding = UserEmbedding(config.embedding_dim, user_ids=context.user_ids,
@@ -304,9 +306,13 @@ def build_extraction(config: ModelConfig) -> tf.keras.layers.Layer:
 
 def resolve_scorer(config: ModelConfig) -> str:
     """The scorer name a config trains with: `config.scorer`, or for `"auto"` the
-    extraction's default (`"mur"` for MUR, else `"dot"`)."""
+    encoder's own (`"proxysr"` for ProxySR), else the extraction's default (`"mur"`
+    for MUR, else `"dot"`)."""
     if config.scorer != "auto":
         return config.scorer
+    encoder_scorer = ENCODERS.get(config.encoder).metadata.get("scorer")
+    if encoder_scorer is not None:
+        return encoder_scorer
     return EXTRACTIONS.get(config.extraction).metadata.get("scorer", "dot")
 
 

@@ -136,7 +136,8 @@ def _datasets(config: RunConfig, data: PreparedData, model: RetrievalModel,
 
 
 def _phase_callbacks(config: RunConfig, data: PreparedData, phase: Phase,
-                     extra: Sequence[tf.keras.callbacks.Callback], verbose: int
+                     extra: Sequence[tf.keras.callbacks.Callback], verbose: int,
+                     model: Optional[RetrievalModel] = None
                      ) -> List[tf.keras.callbacks.Callback]:
     train = config.train
     callbacks: List[tf.keras.callbacks.Callback] = [SampledRankingCallback(
@@ -151,7 +152,9 @@ def _phase_callbacks(config: RunConfig, data: PreparedData, phase: Phase,
         callbacks.append(tf.keras.callbacks.TensorBoard(
             log_dir=str(Path(train.tensorboard_dir) / phase.name)
             if phase.name != "train" else train.tensorboard_dir))
-    return callbacks + list(extra) + list(phase.callbacks)
+    tower = getattr(model, "query_tower", None)
+    own = list(tower.training_callbacks()) if hasattr(tower, "training_callbacks") else []
+    return callbacks + own + list(extra) + list(phase.callbacks)
 
 
 def _run_name() -> str:
@@ -355,7 +358,8 @@ def _fit_phase(model: RetrievalModel, strategy: tf.distribute.Strategy, config: 
         fitted = model.fit(
             train_ds, validation_data=validation_ds,
             epochs=phase.epochs or config.train.epochs,
-            callbacks=_phase_callbacks(config, data, phase, callbacks, int(verbose != 0)),
+            callbacks=_phase_callbacks(config, data, phase, callbacks, int(verbose != 0),
+                                       model),
             verbose=verbose)
     finally:
         for layer in frozen:

@@ -33,7 +33,7 @@ SAMPLERS = ("uniform", "popularity")  # objectives.SAMPLERS
 ITEM_NORMS = ("none", "train", "posthoc")  # layers.item_norm.ITEM_NORM_MODES
 WEIGHTINGS = ("none", "frequency", "idw")  # registry.WEIGHTINGS (built-in names)
 ITEM_TOWERS = ("id", "pir", "shared")  # registry.ITEM_TOWERS (built-in names)
-ENCODERS = ("self-attention", "sasrec", "ram", "ram-u")  # registry.ENCODERS
+ENCODERS = ("self-attention", "sasrec", "ram", "ram-u", "proxysr")  # registry.ENCODERS
 SPLITS = ("chunked", "per-user")  # data.prepare.SPLITS
 
 
@@ -157,7 +157,8 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "(also the item tower's last layer)", type=positive_int),
     ConfigFlag("--encoder", "model.encoder", "sequence encoder of the query tower: the IDW "
                "self-attention encoder, SASRec, RAM (reused item representations + user "
-               "embedding) or RAM-u (without it)", choices=ENCODERS),
+               "embedding), RAM-u (without it) or ProxySR (session proxies, "
+               "--num-proxies; scored by eq. 7)", choices=ENCODERS),
     ConfigFlag("--num-layers", "model.num_layers", "attention blocks in the query tower "
                "(also --num-blocks)", type=positive_int),
     ConfigFlag("--num-blocks", "model.num_layers", "n_b, attention blocks of the encoder "

@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from tfrec_proxy._tf import tf
 from tfrec_proxy.layers.ram import UserEmbedding
-from tfrec_proxy.registry import SCORERS
+from tfrec_proxy.layers.towers import history_of
+from tfrec_proxy.registry import ENCODERS, SCORERS
 from tfrec_proxy.scoring import Scorer
 from tfrec_proxy.layers.proxy_geometry import (  # noqa: F401 (re-exported)
     _EPS, _MASKED, UnitBallConstraint, _check_packed, margin_loss, pack_query,
@@ -412,3 +413,62 @@ class TemperatureAnnealing(tf.keras.callbacks.Callback):
     def set_state(self, state: Dict[str, int]) -> None:
         """Restores `get_state()`; the next epoch begin sets epoch `state["epoch"] + 1`."""
         self.epoch = int(state["epoch"])
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
+class ProxyQueryTower(tf.keras.layers.Layer):
+    """The query tower of `--encoder proxysr`: query features -> packed `[B, 2, d]`
+    queries of a `ProxySessionEncoder`, scored by the `"proxysr"` scorer (eq. 7).
+
+    It reads only `"history"` and trains on per-prefix examples (the proxy of a
+    prefix depends on all of its items, so one causal pass cannot give every
+    prefix's query). `training_callbacks()` anneals the selection temperature.
+
+    Args:
+        encoder: The `ProxySessionEncoder`.
+
+    Example:
+
+        tower = ProxyQueryTower(ProxySessionEncoder(100, 16, num_proxies=8, max_len=10))
+        queries = tower({"history": tf.constant([[0, 3, 4]])})  # [1, 2, 16]
+    """
+
+    supports_all_positions = False
+
+    def __init__(self, encoder: tf.keras.layers.Layer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.encoder = encoder
+
+    @property
+    def context_specs(self) -> Dict[str, tf.TensorSpec]:
+        return {}
+
+    def call(self, features: Any, training: Optional[bool] = None) -> tf.Tensor:
+        """`{"history": [B, L]}` (or a bare `[B, L]` tensor) -> `[B, 2, d]` float32."""
+        return tf.cast(self.encoder(history_of(features), training=training), tf.float32)
+
+    def training_callbacks(self) -> List[tf.keras.callbacks.Callback]:
+        """Callbacks every training phase needs: the temperature annealing (§4.1.4)."""
+        return [TemperatureAnnealing(target=self.encoder)]
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config["encoder"] = tf.keras.layers.serialize(self.encoder)
+        return config
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "ProxyQueryTower":
+        config = dict(config)
+        config["encoder"] = tf.keras.layers.deserialize(config["encoder"])
+        return cls(**config)
+
+
+@ENCODERS.register("proxysr", query_tower=True, scorer="proxysr")
+def build_proxysr_tower(config: Any, context: Any,
+                        item_encoder: Optional[tf.keras.layers.Layer]) -> ProxyQueryTower:
+    """`"proxysr"`: a whole query tower (no extraction): `ModelConfig.num_proxies`
+    proxies, the item table kept in the unit ball unless `item_encoder` is shared."""
+    encoder = ProxySessionEncoder(context.vocab_size, config.embedding_dim,
+                                  num_proxies=config.num_proxies, max_len=context.max_len,
+                                  item_encoder=item_encoder, name="encoder")
+    return ProxyQueryTower(encoder, name="query_tower")
