@@ -139,3 +139,33 @@ def test_proxysr_trains_anneals_and_serves_through_ann(tmp_path, capsys):
     exact, _ = run.recommend(histories, k=5, index="brute_force")
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(scann, exact)])
     assert recall >= 0.9, recall
+
+
+def test_session_task_with_proxysr_from_a_session_log(tmp_path, capsys):
+    """`--data sessions`: a Diginetica-format log, split by session start; ProxySR
+    trains on it and its run serves."""
+    rng = np.random.default_rng(0)
+    lines = ["session_id;user_id;item_id;timeframe;eventdate"]
+    for session in range(1, 121):
+        start = 10 + (session % 3) * 5  # three groups of five related items
+        items = rng.choice(np.arange(start, start + 5), size=4, replace=True)
+        day = 1 + session // 10
+        lines += [f"{session};NA;{item};{1000 * t};2016-01-{day:02d}"
+                  for t, item in enumerate(items)]
+    log = tmp_path / "views.csv"
+    log.write_text("\n".join(lines) + "\n")
+    config = tiny_config(epochs=2)
+    config.data.max_len = 5
+    config.to_json(tmp_path / "config.json")
+    assert main(["train", "--config", str(tmp_path / "config.json"), "--output",
+                 str(tmp_path), "--run-name", "sessions", "--data", "sessions",
+                 "--data-path", str(log), "--min-item-count", "2", "--encoder", "proxysr",
+                 "--num-proxies", "3", "--item-tower", "shared", "--max-k", "10"]) == 0
+    metrics = json.loads((tmp_path / "sessions" / "metrics.json").read_text())
+    data = metrics["data"]
+    assert data["train_examples"] > data["test_examples"] > 0
+    assert 0 <= metrics["test"]["full/hr@5"] <= 1 and "full/mrr" in metrics["test"]
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(tmp_path / "sessions"), "--history", "10,11",
+                 "-k", "3"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 3

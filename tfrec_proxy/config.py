@@ -43,9 +43,11 @@ class DataConfig:
     """Where interactions come from and how sequences are built.
 
     Attributes:
-        source: `"synthetic"` (the embedded generator), `"file"` (read from `path`)
-            or `"dataframe"` (a pandas frame handed to `prepare_data`/`train` in
-            Python; it cannot be re-read from the config alone).
+        source: `"synthetic"` (the embedded generator), `"file"` (read from `path`),
+            `"dataframe"` (a pandas frame handed to `prepare_data`/`train` in
+            Python; it cannot be re-read from the config alone) or `"sessions"` (a
+            session log at `path`, default the shared Diginetica sample; the
+            ProxySR §4.1 session task, `tfrec_proxy.data.sessions`).
         path: A file or folder for `source="file"`.
         file_format: `"auto"` (by extension and content), `"movielens"`
             (`ratings.dat`), `"sasrec"` (`user item` text), `"csv"`, `"tsv"` or
@@ -74,6 +76,8 @@ class DataConfig:
             interaction with one becomes a cold test example (metrics `cold/...`;
             `tfrec_proxy.data.cold_items`).
         cold_seed: Seed of the cold-item draw.
+        min_item_count: `source="sessions"`: items seen fewer times are dropped
+            (ProxySR §4.1: 5); sessions shorter than `min_len` too.
         split: `"chunked"` (IDW §4.1: sequences cut into chunks of at most
             `max_len`, each chunk's last two items held out) or `"per-user"` (the
             SASRec protocol, RAM §6.3: one sequence per user, its last item test,
@@ -95,6 +99,7 @@ class DataConfig:
     cold_items: float = 0.0
     cold_seed: int = 0
     split: str = "chunked"
+    min_item_count: int = 5
 
 
 @dataclasses.dataclass

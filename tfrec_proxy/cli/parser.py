@@ -23,7 +23,8 @@ DEFAULT_DATA_PATH = "../shared/data/ml-1m"
 # import TensorFlow (training) or pandas (data).
 STRATEGIES = ("default", "mirrored", "multi_worker")  # tfrec_proxy.training.STRATEGIES
 EVAL_CHUNKS = ("all", "last")  # tfrec_proxy.training.EVAL_CHUNKS
-DATA_SOURCES = ("synthetic", "file")  # data.prepare.DATA_SOURCES less "dataframe"
+DATA_SOURCES = ("synthetic", "file", "sessions")  # data.prepare.DATA_SOURCES less "dataframe"
+PATH_SOURCES = ("file", "sessions")  # sources read from --data-path
 FILE_FORMATS = ("auto", "movielens", "sasrec", "csv", "tsv", "parquet")  # data.loaders
 EXTRACTIONS = ("last", "mean", "mur")  # registry.EXTRACTIONS (built-in names)
 SCORERS = ("auto", "dot", "mur")  # registry.SCORERS (built-in names) and "auto"
@@ -102,8 +103,10 @@ class ConfigFlag:
 
 CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     # Data.
-    ConfigFlag("--data", "data.source", "data source: the synthetic long-tail generator "
-               "or an interaction file (--data-path)", choices=DATA_SOURCES),
+    ConfigFlag("--data", "data.source", "data source: the synthetic long-tail generator, "
+               "an interaction file (--data-path), or a session log (--data-path; "
+               "default the shared Diginetica sample) for the session task",
+               choices=DATA_SOURCES),
     ConfigFlag("--data-path", "data.path", "interaction file or folder (ratings.dat, "
                f"ml-1m.txt, CSV/TSV/Parquet); implies --data file (default for --data "
                f"file: {DEFAULT_DATA_PATH})"),
@@ -125,6 +128,8 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "(--seed does not change the data)", type=int),
     ConfigFlag("--max-len", "data.max_len", "history length; longer sequences are split",
                type=positive_int),
+    ConfigFlag("--min-item-count", "data.min_item_count", "--data sessions: drop items seen "
+               "fewer times (ProxySR: 5)", type=positive_int),
     ConfigFlag("--split", "data.split", "chunked: sequences cut at --max-len, each chunk's "
                "last two items held out (IDW); per-user: one sequence per user, last item "
                "test, second last validation, the --max-len before them trained (SASRec)",
@@ -289,8 +294,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         for section in sections:
             target = getattr(target, section)
         setattr(target, name, value)
-    if args.data_path is not None:
-        config.data.source = "file"
+    if args.data_path is not None and config.data.source not in PATH_SOURCES:
+        config.data.source = "file"  # a path means a file, unless a session log
     if args.embedding_dim is not None:
         units = config.model.item_hidden_units
         config.model.item_hidden_units = tuple(units[:-1]) + (args.embedding_dim,)

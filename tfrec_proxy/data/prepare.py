@@ -20,6 +20,7 @@ from tfrec_proxy.data.item_features import (ItemFeatureSpec, ItemFeatures,
                                             item_features_for_vocab, load_item_features,
                                             synthetic_item_spec, synthetic_item_table)
 from tfrec_proxy.data.loaders import DATA_FILE_NAMES, default_data_dir, load_interactions
+from tfrec_proxy.data.sessions import load_sessions, split_sessions
 from tfrec_proxy.data.sequences import (SequenceSplit, group_sequences, per_user_sequences,
                                         head_item_mask, item_frequencies, leave_one_out,
                                         sampling_probabilities, split_long_sequences,
@@ -28,8 +29,9 @@ from tfrec_proxy.data.synthetic import SyntheticData, generate_long_tail
 from tfrec_proxy.data.tables import select_columns
 from tfrec_proxy.data.vocab import Vocabulary
 
-DATA_SOURCES = ("synthetic", "file", "dataframe")
+DATA_SOURCES = ("synthetic", "file", "dataframe", "sessions")
 SPLITS = ("chunked", "per-user")
+DIGINETICA_SAMPLE = "diginetica-sample/sample_train-item-views.csv"
 CHUNKS = ("all", "last")
 
 
@@ -156,6 +158,8 @@ def prepare_data(config: DataConfig,
                          "the config's user/item/time columns); a frame cannot be re-read "
                          "from the config, so evaluate such a run on a file with "
                          "source='file'.")
+    if config.source == "sessions":
+        return prepare_sessions(config)
     report = None
     clusters_by_id = None
     synthetic = None
@@ -209,6 +213,62 @@ def prepare_data(config: DataConfig,
     return PreparedData(interactions, vocab, split, counts, sampling_probabilities(counts),
                         head_item_mask(counts), report, item_clusters, dropped,
                         _item_features(config, vocab, synthetic), cold_items, cold)
+
+
+def session_data_path(path: Optional[str]) -> Path:
+    """The user's session log, or the shared Diginetica sample when none is given."""
+    if path:
+        return Path(path)
+    shared = default_data_dir()
+    sample = None if shared is None else shared / DIGINETICA_SAMPLE
+    if sample is None or not sample.exists():
+        raise FileNotFoundError("No session log given and no ../shared/data/"
+                                f"{DIGINETICA_SAMPLE} found; pass --data-path FILE "
+                                "(session_id;user_id;item_id;timeframe;eventdate rows).")
+    return sample
+
+
+def prepare_sessions(config: DataConfig) -> PreparedData:
+    """The session task (ProxySR §4.1, `tfrec_proxy.data.sessions`): a session log
+    split 8:1:1 by session start, items seen fewer than `min_item_count` times and
+    sessions shorter than `min_len` dropped, validation/test items unknown to training
+    removed; every position of a session is a next-item example (histories of the
+    last `max_len` items). Examples carry the session id as their `user` (the
+    negatives and exclusions are per session)."""
+    path = session_data_path(config.path)
+    frame = load_sessions(path)
+    split = split_sessions(frame, min_item_count=config.min_item_count,
+                           min_session_length=config.min_len, max_len=config.max_len,
+                           source=str(path))
+    vocab = split.vocab
+
+    def per_session(part) -> Examples:
+        return Examples(history=part.examples.history, target=part.examples.target,
+                        user=part.session.astype(np.int64))
+
+    train, validation, test = (per_session(part) for part in
+                               (split.train, split.validation, split.test))
+    user_items: Dict[int, np.ndarray] = {}
+    for part in (train, validation, test):
+        for session in np.unique(part.user):
+            rows = part.user == session
+            items = np.concatenate([part.target[rows], part.history[rows].ravel()])
+            user_items[int(session)] = np.unique(items[items >= 2]).astype(np.int32)
+    sequences = dataclasses.replace(split.train_sequences)
+    sequence_split = SequenceSplit(train, validation, test, user_items, sequences)
+    counts = item_frequencies(train.target, vocab.size)
+    interactions = pd.DataFrame({"user_id": frame["session_id"].to_numpy(),
+                                 "item_id": frame["item_id"].to_numpy(),
+                                 "timestamp": frame["time"].to_numpy()})
+    report = LoadReport(source=str(path), rows_read=int(split.counts["views_read"]),
+                        rows_kept=int(split.counts["views_read"]
+                                      - split.counts["rare_views_dropped"]
+                                      - split.counts["short_session_views_dropped"]),
+                        rows_dropped=int(split.counts["rare_views_dropped"]
+                                         + split.counts["short_session_views_dropped"]))
+    return PreparedData(interactions, vocab, sequence_split, counts,
+                        sampling_probabilities(counts), head_item_mask(counts), report,
+                        None, int(split.counts["short_session_views_dropped"]))
 
 
 def trained_positions(config: DataConfig) -> int:
