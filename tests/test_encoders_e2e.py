@@ -165,6 +165,8 @@ def test_session_task_with_proxysr_from_a_session_log(tmp_path, capsys):
     data = metrics["data"]
     assert data["train_examples"] > data["test_examples"] > 0
     assert 0 <= metrics["test"]["full/hr@5"] <= 1 and "full/mrr" in metrics["test"]
+    # Next-unseen-item targets: a subset of the test examples.
+    assert 0 < metrics["test"]["unseen/full/count"] <= metrics["test"]["full/count"]
     capsys.readouterr()
     assert main(["recommend", "--run", str(tmp_path / "sessions"), "--history", "10,11",
                  "-k", "3"]) == 0

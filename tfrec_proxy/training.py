@@ -263,6 +263,13 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
                               num_negatives=config.train.num_negatives, seed=config.train.seed)
         metrics.update({f"cold/{key}": value for key, value in cold.items()
                         if "/pop" not in key and "/freq" not in key})
+    if data.test_unseen is not None and data.test_unseen.any():
+        # The session task's next-unseen-item targets (ProxySR §4.1).
+        unseen = evaluate_model(model, data, "test_unseen", ks=config.train.eval_ks,
+                                num_negatives=config.train.num_negatives,
+                                seed=config.train.seed)
+        metrics.update({f"unseen/{key}": value for key, value in unseen.items()
+                        if "/pop" not in key and "/freq" not in key})
     if data.item_clusters is not None:
         # Clustering quality of the item vectors against the synthetic ground truth
         # (IDW §3.2, mean silhouette).

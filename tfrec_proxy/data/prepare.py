@@ -56,6 +56,9 @@ class PreparedData:
         cold_items: bool `[V]`, the items held out of training entirely
             (`DataConfig.cold_items`), None when none are.
         cold: The cold examples (warm history -> a held-out item), or None.
+        test_unseen: bool `[N_test]` for the session task: the test targets that do
+            not occur earlier in their session (ProxySR's next-unseen-item task;
+            split `"test_unseen"`), None otherwise.
     """
 
     interactions: pd.DataFrame
@@ -70,6 +73,7 @@ class PreparedData:
     item_features: Optional[ItemFeatures] = None
     cold_items: Optional[np.ndarray] = None
     cold: Optional[Examples] = None
+    test_unseen: Optional[np.ndarray] = None
 
     def examples(self, name: str, chunks: str = "all") -> Examples:
         """The `"train"`, `"validation"`, `"test"` (or, with cold items, `"cold"`)
@@ -88,6 +92,8 @@ class PreparedData:
                   "test": self.split.test}
         if self.cold is not None:
             splits["cold"] = self.cold
+        if self.test_unseen is not None:
+            splits["test_unseen"] = self.split.test.select(self.test_unseen)
         if name not in splits:
             raise ValueError(f"Unknown split {name!r}; expected one of {sorted(splits)}.")
         if chunks not in CHUNKS:
@@ -268,7 +274,8 @@ def prepare_sessions(config: DataConfig) -> PreparedData:
                                          + split.counts["short_session_views_dropped"]))
     return PreparedData(interactions, vocab, sequence_split, counts,
                         sampling_probabilities(counts), head_item_mask(counts), report,
-                        None, int(split.counts["short_session_views_dropped"]))
+                        None, int(split.counts["short_session_views_dropped"]),
+                        test_unseen=np.asarray(split.test.unseen, bool))
 
 
 def trained_positions(config: DataConfig) -> int:
