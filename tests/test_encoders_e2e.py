@@ -143,7 +143,7 @@ def test_proxysr_trains_anneals_and_serves_through_ann(tmp_path, capsys):
 
 def test_session_task_with_proxysr_from_a_session_log(tmp_path, capsys):
     """`--data sessions`: a Diginetica-format log, split by session start; ProxySR
-    trains on it and its run serves."""
+    trains on it with its margin loss and eq. 9 regularisers, and its run serves."""
     rng = np.random.default_rng(0)
     lines = ["session_id;user_id;item_id;timeframe;eventdate"]
     for session in range(1, 121):
@@ -160,8 +160,13 @@ def test_session_task_with_proxysr_from_a_session_log(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "config.json"), "--output",
                  str(tmp_path), "--run-name", "sessions", "--data", "sessions",
                  "--data-path", str(log), "--min-item-count", "2", "--encoder", "proxysr",
-                 "--num-proxies", "3", "--item-tower", "shared", "--max-k", "10"]) == 0
+                 "--num-proxies", "3", "--item-tower", "shared", "--max-k", "10",
+                 "--loss", "margin", "--sampled-negatives", "3", "--lambda-dist", "0.01",
+                 "--lambda-orthog", "0.1"]) == 0
     metrics = json.loads((tmp_path / "sessions" / "metrics.json").read_text())
+    assert metrics["method"]["loss"] == "margin"
+    # The orthogonality regulariser enters through the layer losses.
+    assert metrics["history"]["regularization_loss"][0] > 0
     data = metrics["data"]
     assert data["train_examples"] > data["test_examples"] > 0
     assert 0 <= metrics["test"]["full/hr@5"] <= 1 and "full/mrr" in metrics["test"]

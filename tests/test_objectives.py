@@ -90,3 +90,18 @@ def test_training_with_each_objective_lowers_the_loss(loss):
     losses = result.history["loss"]
     assert losses[-1] < losses[0], losses
     assert result.metrics["full/hr@20"] > 0
+
+
+def test_margin_loss_by_hand():
+    from tfrec_proxy.objectives import MarginLoss
+
+    negatives = np.array([[3, 4], [5, 2], [4, 4], [6, 3]], np.int32)  # row 1 hits 5
+    loss = MarginLoss(V, num_negatives=2, margin=0.5, lambda_dist=0.1)(
+        tf.constant(QUERIES), tf.constant(TARGET), _embed, DotScorer(),
+        sample_weight=tf.constant(WEIGHTS), negatives=tf.constant(negatives))
+    d_pos = -(QUERIES * ITEMS[TARGET]).sum(1)
+    d_neg = -np.einsum("bd,bnd->bn", QUERIES, ITEMS[negatives])
+    hinge = np.maximum(0.5 + d_pos[:, None] - d_neg, 0.0)
+    hinge = np.where(negatives == TARGET[:, None], 0.0, hinge)
+    expected = (WEIGHTS * (hinge.sum(1) + 0.1 * d_pos)).sum()
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)

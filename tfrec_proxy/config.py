@@ -148,9 +148,16 @@ class ModelConfig:
             The SASRec / RAM objectives (`tfrec_proxy.objectives`): `"bce"`
             (binary cross-entropy, one uniform negative per target),
             `"full-softmax"` (softmax over every item) and `"sampled-softmax"`
-            (`sampled_negatives` negatives per step by `negative_sampler`, logQ).
+            (`sampled_negatives` negatives per step by `negative_sampler`, logQ);
+            `"margin"`: ProxySR's hinge loss (eq. 8) over `sampled_negatives`
+            uniform negatives per target, distance = -score.
         focal_gamma: gamma of `loss="focal"`.
-        sampled_negatives: Negatives per step of `loss="sampled-softmax"`.
+        sampled_negatives: Negatives per step of `loss="sampled-softmax"` (per
+            target for `loss="margin"`).
+        margin: m of `loss="margin"` (ProxySR eq. 8).
+        lambda_dist: `loss="margin"`: weight of the distance regulariser (eq. 9).
+        lambda_orthog: `encoder="proxysr"`: weight of the orthogonality
+            regulariser (eq. 9).
         negative_sampler: `"uniform"` or `"popularity"` negatives of
             `loss="sampled-softmax"`.
         qmargin_max: The largest `loss="qmargin"` margin (that of the rarest item),
@@ -190,6 +197,9 @@ class ModelConfig:
     focal_gamma: float = 2.0
     sampled_negatives: int = 100
     negative_sampler: str = "uniform"
+    margin: float = 0.5
+    lambda_dist: float = 0.0
+    lambda_orthog: float = 0.0
     qmargin_max: float = 1.0
     item_norm: str = "none"
     all_positions: bool = True

@@ -323,7 +323,8 @@ def assemble(config: ModelConfig, context: BuildContext, query_tower: tf.keras.l
     if config.loss in OBJECTIVES:
         task = build_objective(config.loss, context.vocab_size, config.sampled_negatives,
                                config.negative_sampler, config.temperature,
-                               context.sampling_probability)
+                               context.sampling_probability, config.margin,
+                               config.lambda_dist)
     else:
         task = BatchSoftmax(config.remove_accidental_hits, config.temperature,
                             focal_gamma=config.focal_gamma if config.loss == "focal" else None,

@@ -7,6 +7,10 @@ SASRec / RAM papers train otherwise, and these objectives give their numbers:
   per target (SASRec eq. 6 / RAM eq. 6): `-log s(r_pos) - log(1 - s(r_neg))`.
 * `"full-softmax"` (`FullSoftmax`): softmax cross-entropy over every item of the
   catalogue (SASRec+CE), for catalogues whose `[N, V]` score matrix fits in memory.
+* `"margin"` (`MarginLoss`, ProxySR eq. 8 + eq. 9's distance term): the hinge
+  `[m + d(s, i+) - d(s, i-)]_+` over N uniform negatives per target, with the
+  distance `d = -score` (eq. 7 under the `"proxysr"` scorer), plus
+  `lambda_dist * d(s, i+)`.
 * `"sampled-softmax"` (`SampledSoftmax`): softmax over the positive and S negatives
   shared by the batch, drawn uniformly or by popularity, with the logQ correction
   `s - log q` (Bengio & Senecal; TFRS has no sampled-negative task, and Keras's
@@ -24,7 +28,7 @@ import numpy as np
 
 from tfrec_proxy._tf import tf
 
-OBJECTIVES = ("bce", "full-softmax", "sampled-softmax")
+OBJECTIVES = ("bce", "full-softmax", "sampled-softmax", "margin")
 SAMPLERS = ("uniform", "popularity")
 FIRST_ITEM = 2
 _MASKED = -1e9
@@ -225,15 +229,71 @@ class SampledSoftmax(tf.keras.layers.Layer):
         return config
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
+class MarginLoss(tf.keras.layers.Layer):
+    """ProxySR's hinge loss (eq. 8) with the distance regulariser of eq. 9.
+
+    Args:
+        vocab_size: V; negatives are uniform over the real items.
+        num_negatives: N negatives per target.
+        margin: m >= 0.
+        lambda_dist: Weight of `sum d(s, i+)` (eq. 9).
+
+    Example:
+
+        objective = MarginLoss(vocab_size=100, num_negatives=5, margin=0.5)
+        loss = objective(queries, targets, embed, ProxyDistanceScorer())
+    """
+
+    def __init__(self, vocab_size: int, num_negatives: int = 1, margin: float = 0.5,
+                 lambda_dist: float = 0.0, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if vocab_size <= FIRST_ITEM or num_negatives < 1 or not margin >= 0 \
+                or not lambda_dist >= 0:
+            raise ValueError(f"MarginLoss needs vocab_size > 2, num_negatives >= 1, "
+                             f"margin >= 0 and lambda_dist >= 0; got {vocab_size}, "
+                             f"{num_negatives}, {margin}, {lambda_dist}.")
+        self.vocab_size, self.num_negatives = vocab_size, num_negatives
+        self.margin, self.lambda_dist = float(margin), float(lambda_dist)
+
+    def call(self, queries: tf.Tensor, target: tf.Tensor, embed: Embed, scorer: Any,
+             sample_weight: Optional[tf.Tensor] = None,
+             negatives: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """Summed `sum_j [m + d_pos - d_neg_j]_+ + lambda_dist d_pos` (negatives equal
+        to the target left out); arguments as in `SampledBCE`."""
+        count = tf.shape(target)[0]
+        if negatives is None:
+            negatives = tf.random.uniform([count, self.num_negatives], FIRST_ITEM,
+                                          self.vocab_size, dtype=target.dtype)
+        positive = -_positive_scores(scorer, queries, embed(target))  # distances
+        vectors = embed(tf.reshape(negatives, [-1]))
+        vectors = tf.reshape(vectors, [count, self.num_negatives, vectors.shape[-1]])
+        negative = -tf.cast(scorer.score_candidates(queries, vectors), tf.float32)
+        hit = tf.cast(tf.equal(negatives, target[:, tf.newaxis]), tf.float32)
+        hinge = (1.0 - hit) * tf.nn.relu(self.margin + positive[:, tf.newaxis] - negative)
+        losses = tf.reduce_sum(hinge, axis=1) + self.lambda_dist * positive
+        return _weighted_sum(losses, sample_weight)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(vocab_size=self.vocab_size, num_negatives=self.num_negatives,
+                      margin=self.margin, lambda_dist=self.lambda_dist)
+        return config
+
+
 def build_objective(name: str, vocab_size: int, num_negatives: int, sampler: str,
                     temperature: Optional[float],
-                    sampling_probability: Optional[np.ndarray]) -> tf.keras.layers.Layer:
+                    sampling_probability: Optional[np.ndarray],
+                    margin: float = 0.5, lambda_dist: float = 0.0) -> tf.keras.layers.Layer:
     """The objective `name` of `OBJECTIVES` (popularity negatives from
     `sampling_probability` when given; restoring reads them from the checkpoint)."""
     if name == "bce":
         return SampledBCE(vocab_size, num_negatives=1, name="task")
     if name == "full-softmax":
         return FullSoftmax(vocab_size, temperature, name="task")
+    if name == "margin":
+        return MarginLoss(vocab_size, num_negatives, margin, lambda_dist, name="task")
     if name == "sampled-softmax":
         objective = SampledSoftmax(vocab_size, num_negatives, sampler, temperature,
                                    name="task")

@@ -29,7 +29,7 @@ FILE_FORMATS = ("auto", "movielens", "sasrec", "csv", "tsv", "parquet")  # data.
 EXTRACTIONS = ("last", "mean", "mur")  # registry.EXTRACTIONS (built-in names)
 SCORERS = ("auto", "dot", "mur")  # registry.SCORERS (built-in names) and "auto"
 LOSSES = ("softmax", "focal", "qmargin",  # tasks.LOSSES + objectives.OBJECTIVES
-          "bce", "full-softmax", "sampled-softmax")
+          "bce", "full-softmax", "sampled-softmax", "margin")
 SAMPLERS = ("uniform", "popularity")  # objectives.SAMPLERS
 ITEM_NORMS = ("none", "train", "posthoc")  # layers.item_norm.ITEM_NORM_MODES
 WEIGHTINGS = ("none", "frequency", "idw")  # registry.WEIGHTINGS (built-in names)
@@ -185,9 +185,18 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--loss", "model.loss", "batch softmax, focal loss, Qmargin (LDAM-style "
                "margins ~ p(y)^-1/4), or the SASRec/RAM objectives: bce (one sampled "
                "negative per target), full-softmax (all items), sampled-softmax "
-               "(--sampled-negatives per step)", choices=LOSSES),
+               "(--sampled-negatives per step), margin (ProxySR's hinge loss)",
+               choices=LOSSES),
     ConfigFlag("--sampled-negatives", "model.sampled_negatives", "negatives per step of "
-               "--loss sampled-softmax", type=positive_int),
+               "--loss sampled-softmax (per target for --loss margin)", type=positive_int),
+    ConfigFlag("--margin", "model.margin", "m of --loss margin (ProxySR eq. 8)",
+               type=_number(float, "a number >= 0", lambda value: 0 <= value < float("inf"))),
+    ConfigFlag("--lambda-dist", "model.lambda_dist", "--loss margin: weight of the distance "
+               "regulariser (ProxySR eq. 9)",
+               type=_number(float, "a number >= 0", lambda value: 0 <= value < float("inf"))),
+    ConfigFlag("--lambda-orthog", "model.lambda_orthog", "--encoder proxysr: weight of the "
+               "orthogonality regulariser (ProxySR eq. 9)",
+               type=_number(float, "a number >= 0", lambda value: 0 <= value < float("inf"))),
     ConfigFlag("--negative-sampler", "model.negative_sampler", "negatives of --loss "
                "sampled-softmax: uniform or by popularity", choices=SAMPLERS),
     ConfigFlag("--focal-gamma", "model.focal_gamma", "gamma of --loss focal",

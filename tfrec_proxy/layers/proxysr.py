@@ -223,8 +223,11 @@ class ProxySessionEncoder(tf.keras.layers.Layer):
     def __init__(self, vocab_size: int, dim: int, num_proxies: int, max_len: int,
                  num_users: Optional[int] = None, initial_temperature: float = 3.0,
                  item_encoder: Optional[tf.keras.layers.Layer] = None,
-                 **kwargs: Any) -> None:
+                 lambda_orthog: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if not lambda_orthog >= 0:
+            raise ValueError(f"lambda_orthog must be >= 0, got {lambda_orthog}.")
+        self.lambda_orthog = float(lambda_orthog)
         _check_positive_int("vocab_size", vocab_size)
         _check_positive_int("dim", dim)
         if num_users is not None:
@@ -277,6 +280,12 @@ class ProxySessionEncoder(tf.keras.layers.Layer):
         """`[B, L]` left-padded item indices (+ `[B]` raw user ids for eq. 10) ->
         `[B, 2, d]` packed queries `stack(p + s_perp, v)`."""
         parts = self.components(history, user_id, training=training)
+        if training and self.lambda_orthog:
+            # Eq. 9's orthogonality regulariser, lambda_orthog * sum |v.p| / ||p||,
+            # enters the training loss through Keras's layer losses.
+            cosine = tf.abs(tf.reduce_sum(parts["normal"] * parts["proxy"], axis=-1)) / \
+                tf.maximum(tf.norm(parts["proxy"], axis=-1), _EPS)
+            self.add_loss(self.lambda_orthog * tf.reduce_sum(tf.cast(cosine, tf.float32)))
         return pack_query(parts["proxy"], parts["short_term"], parts["normal"])
 
     def get_config(self) -> Dict[str, Any]:
@@ -284,7 +293,8 @@ class ProxySessionEncoder(tf.keras.layers.Layer):
         config.update(vocab_size=self.vocab_size, dim=self.dim,
                       num_proxies=self.num_proxies, max_len=self.max_len,
                       num_users=self.num_users,
-                      initial_temperature=self.initial_temperature)
+                      initial_temperature=self.initial_temperature,
+                      lambda_orthog=self.lambda_orthog)
         if self.item_encoder is not None:
             config["item_encoder"] = tf.keras.layers.serialize(self.item_encoder)
         return config
@@ -470,5 +480,6 @@ def build_proxysr_tower(config: Any, context: Any,
     proxies, the item table kept in the unit ball unless `item_encoder` is shared."""
     encoder = ProxySessionEncoder(context.vocab_size, config.embedding_dim,
                                   num_proxies=config.num_proxies, max_len=context.max_len,
-                                  item_encoder=item_encoder, name="encoder")
+                                  item_encoder=item_encoder,
+                                  lambda_orthog=config.lambda_orthog, name="encoder")
     return ProxyQueryTower(encoder, name="query_tower")
