@@ -14,7 +14,8 @@ n_proxy = 32 and K = 10% of the catalogue (ML-1M: 350 of 3,416 items, genres fro
 prototype + noise 0.5, item skew 1.0). Methods (`--methods`): `id_sur`, `pir_sur`,
 `id_mur_idw`, `pir_mur_idw` (`pipelines/methods.py` presets `sur` / `mur_idw` with
 `model.item_tower` = id / pir), `pir_k0` (content only, K = 0) and `pir_shared`
-(PIR also embeds the history items). Each finished run appends a JSON line
+(PIR also embeds the history items), `pir_k1000` and `pir_kall` (K = 1000 and K = |I|:
+every training item learns a proxy-weight bias). Each finished run appends a JSON line
 (metrics, parameter counts, seconds) to `pipelines/results/pir_<dataset>.jsonl`.
 
 `--summarize` prints markdown tables (x100, mean ± std over seeds): overall sampled
@@ -47,10 +48,15 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "pir_k0": {**METHODS["sur"], "model.item_tower": "pir", "model.frequent_bias_k": 0},
     "pir_shared": {**METHODS["sur"], "model.item_tower": "pir",
                    "model.share_item_encoder": True},
+    # Larger K for weak attributes (ML-1M's 18 genres leave most items alike):
+    "pir_k1000": {**METHODS["sur"], "model.item_tower": "pir", "model.frequent_bias_k": 1000},
+    "pir_kall": {**METHODS["sur"], "model.item_tower": "pir",
+                 "model.frequent_bias_k": 1_000_000},  # every training item (K = |I|)
 }
 LABELS = {"id_sur": "id + SUR", "pir_sur": "PIR + SUR", "id_mur_idw": "id + MUR-IDW",
           "pir_mur_idw": "PIR + MUR-IDW", "pir_k0": "PIR K=0 + SUR",
-          "pir_shared": "PIR shared + SUR"}
+          "pir_shared": "PIR shared + SUR", "pir_k1000": "PIR K=1000 + SUR",
+          "pir_kall": "PIR K=|I| + SUR"}
 GROUPS = 10
 
 
