@@ -168,6 +168,17 @@ def read_results(path: Union[str, Path]) -> List[Dict[str, Any]]:
     return records
 
 
+def runs_by_method(path: Union[str, Path]) -> Dict[str, List[Dict[str, Any]]]:
+    """A results file's records grouped by `method` (SystemExit when it has none)."""
+    records = read_results(path)
+    if not records:
+        raise SystemExit(f"No results in {path}; run the grid first.")
+    runs: Dict[str, List[Dict[str, Any]]] = {}
+    for record in records:
+        runs.setdefault(record["method"], []).append(record)
+    return runs
+
+
 def done_keys(records: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> Set[Tuple]:
     """The `fields` tuples of the records, e.g. `{("sur", 0.0, 0), ...}`."""
     return {tuple(record.get(field) for field in fields) for record in records}

@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from methods import (LABELS, METHODS, append_result, apply_method, check_methods,  # noqa: E402
-                     config_hash, markdown_table, mean, mean_std, open_grid, read_results)
+                     config_hash, markdown_table, mean, mean_std, open_grid, runs_by_method)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "configs" / "ml1m_idw.json"
@@ -156,12 +156,7 @@ def idw_overhead(record: Dict[str, Any]) -> Optional[Dict[str, float]]:
 
 
 def summarize_results(args: argparse.Namespace) -> None:
-    records = read_results(args.results)
-    if not records:
-        raise SystemExit(f"No results in {args.results}; run the grid first.")
-    runs: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        runs[record["method"]].append(record)
+    runs = runs_by_method(args.results)
     methods = [m for m in METHODS if m in runs]
 
     def values(method: str, key: str) -> List[float]:
@@ -217,7 +212,7 @@ def summarize_results(args: argparse.Namespace) -> None:
                           "minutes)"], rows))
 
     rows = []
-    for record in records:
+    for record in [r for method_runs in runs.values() for r in method_runs]:
         overhead = idw_overhead(record)
         if overhead is None:
             continue

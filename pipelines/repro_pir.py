@@ -29,13 +29,12 @@ freq0 = most frequent).
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from methods import (METHODS, markdown_table, mean, mean_std, read_results,  # noqa: E402
+from methods import (METHODS, markdown_table, mean, mean_std, runs_by_method,  # noqa: E402
                      run_variant_grid)
 
 HERE = Path(__file__).resolve().parent
@@ -86,12 +85,7 @@ def run_grid(args: argparse.Namespace) -> None:
 
 
 def summarize(args: argparse.Namespace) -> None:
-    records = read_results(args.results)
-    if not records:
-        raise SystemExit(f"No results in {args.results}; run the grid first.")
-    runs: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        runs[record["method"]].append(record)
+    runs = runs_by_method(args.results)
     methods = [m for m in VARIANTS if m in runs]
 
     def values(method: str, key: str) -> List[float]:

@@ -31,13 +31,12 @@ SASRec+CE figure we hold (0.3152 / 0.1821).
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from methods import markdown_table, mean_std, read_results, run_variant_grid  # noqa: E402
+from methods import markdown_table, mean_std, runs_by_method, run_variant_grid  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 _BCE = {"model.loss": "bce"}
@@ -74,12 +73,7 @@ def base_config(args: argparse.Namespace):
 
 
 def summarize(args: argparse.Namespace) -> None:
-    records = read_results(args.results)
-    if not records:
-        raise SystemExit(f"No results in {args.results}; run the grid first.")
-    runs: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        runs[record["method"]].append(record)
+    runs = runs_by_method(args.results)
     rows = []
     for method in [m for m in VARIANTS if m in runs]:
         def values(key: str) -> List[float]:
