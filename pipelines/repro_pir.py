@@ -55,7 +55,7 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
 LABELS = {"id_sur": "id + SUR", "pir_sur": "PIR + SUR", "id_mur_idw": "id + MUR-IDW",
           "pir_mur_idw": "PIR + MUR-IDW", "pir_k0": "PIR K=0 + SUR",
           "pir_shared": "PIR shared + SUR", "pir_k1000": "PIR K=1000 + SUR",
-          "pir_kall": "PIR K=|I| + SUR"}
+          "pir_kall": "PIR K=all + SUR"}
 GROUPS = 10
 
 
