@@ -9,6 +9,17 @@ from typing import Any, Dict, Optional
 from tfrec_proxy._tf import tf
 
 
+def embed_history_items(layer: tf.keras.layers.Layer, history: tf.Tensor,
+                        training: Optional[bool] = None) -> tf.Tensor:
+    """`[B, L]` history items through `layer.item_encoder` (a shared item tower taking
+    `{"item_id": ...}`) when it has one, else its own `layer.item_embedding` table;
+    in the layer's compute dtype. One lookup for every sequence encoder."""
+    if layer.item_encoder is None:
+        return layer.item_embedding(history)
+    return tf.cast(layer.item_encoder({"item_id": history}, training=training),
+                   layer.compute_dtype)
+
+
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
 class TransformerBlock(tf.keras.layers.Layer):
     """Pre-norm self-attention block: `x + MHA(LN(x))`, then `x + FFN(LN(x))`.
@@ -165,11 +176,7 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
             replace = tf.logical_and(
                 mask, tf.random.uniform(tf.shape(history)) < self.oov_rate)
             history = tf.where(replace, tf.ones_like(history), history)
-        if self.item_encoder is None:
-            items = self.item_embedding(history)
-        else:
-            items = tf.cast(self.item_encoder({"item_id": history}, training=training),
-                            self.compute_dtype)
+        items = embed_history_items(self, history, training)
         x = items + self.position_embedding(self.positions(mask))
         x = self._input_dropout(x, training=training)
         for block in self.blocks:

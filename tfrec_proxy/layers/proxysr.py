@@ -21,6 +21,7 @@ and fit the toolkit's `[B, M, d]` query seam, so export and serving need no chan
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from tfrec_proxy._tf import tf
+from tfrec_proxy.layers.encoders import embed_history_items
 from tfrec_proxy.layers.ram import UserEmbedding
 from tfrec_proxy.layers.towers import history_of
 from tfrec_proxy.registry import ENCODERS, SCORERS
@@ -258,11 +259,7 @@ class ProxySessionEncoder(tf.keras.layers.Layer):
             ValueError: `user_id` given to an encoder without `num_users`.
         """
         mask = tf.not_equal(history, 0)
-        if self.item_encoder is None:
-            items = self.item_embedding(history)
-        else:
-            items = tf.cast(self.item_encoder({"item_id": history}, training=training),
-                            self.compute_dtype)
+        items = embed_history_items(self, history, training)
         bias = None
         if user_id is not None:
             if self.user_bias is None:

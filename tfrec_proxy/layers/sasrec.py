@@ -16,7 +16,7 @@ import math
 from typing import Any, Dict, Optional, Tuple
 
 from tfrec_proxy._tf import tf
-from tfrec_proxy.layers.encoders import SelfAttentionEncoder
+from tfrec_proxy.layers.encoders import SelfAttentionEncoder, embed_history_items
 from tfrec_proxy.registry import ENCODERS, ITEM_TOWERS
 
 
@@ -172,11 +172,7 @@ class BlockEncoder(SelfAttentionEncoder):
             replace = tf.logical_and(
                 mask, tf.random.uniform(tf.shape(history)) < self.oov_rate)
             history = tf.where(replace, tf.ones_like(history), history)
-        if self.item_encoder is None:
-            items = self.item_embedding(history)
-        else:
-            items = tf.cast(self.item_encoder({"item_id": history}, training=training),
-                            self.compute_dtype)
+        items = embed_history_items(self, history, training)
         if self.embedding_scale != 1.0:
             items = items * tf.cast(self.embedding_scale, items.dtype)
         x = items + self.position_embedding(self.positions(mask))
