@@ -166,7 +166,7 @@ def test_choices_agree_with_the_library():
     assert set(cli_parser.ITEM_TOWERS) == {"id", "pir", "shared"} <= set(ITEM_TOWERS.names())
     from tfrec_proxy.registry import ENCODERS
     assert set(cli_parser.ENCODERS) == {"self-attention", "sasrec", "ram", "ram-u",
-                                        "proxysr"} <= set(ENCODERS.names())
+                                        "proxysr", "proxysr-user"} <= set(ENCODERS.names())
     from tfrec_proxy.data.prepare import SPLITS
     assert cli_parser.SPLITS == SPLITS
 

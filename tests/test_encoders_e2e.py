@@ -176,3 +176,43 @@ def test_session_task_with_proxysr_from_a_session_log(tmp_path, capsys):
     assert main(["recommend", "--run", str(tmp_path / "sessions"), "--history", "10,11",
                  "-k", "3"]) == 0
     assert len(json.loads(capsys.readouterr().out)["items"]) == 3
+
+
+def test_proxysr_user_bias_on_synthetic_sessions(tmp_path, capsys):
+    """`--data synthetic-sessions --encoder proxysr-user`: users' clicks cut into
+    sessions; eq. 10's bias is learned for the training sessions' users, exported
+    (users.json), read back with identical outputs in a fresh process, and zero (the
+    anonymous logits) for an unknown user."""
+    from tfrec_proxy.training import restore_model
+
+    config = tiny_config(epochs=3)
+    config.data.synthetic.seq_len = 18
+    config.data.max_len = 6
+    config.to_json(tmp_path / "config.json")
+    assert main(["train", "--config", str(tmp_path / "config.json"), "--output",
+                 str(tmp_path), "--run-name", "su", "--data", "synthetic-sessions",
+                 "--session-length", "6", "--min-item-count", "2",
+                 "--encoder", "proxysr-user", "--num-proxies", "4",
+                 "--item-tower", "shared"]) == 0
+    run_dir = tmp_path / "su"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["history"]["loss"][-1] < metrics["history"]["loss"][0]
+    users = json.loads((run_dir / "users.json").read_text())["ids"]
+    assert 100 <= len(users) <= 150 and min(users) >= 1  # the synthetic users, no -1
+    model, vocab, _ = restore_model(run_dir)
+    bias = model.query_tower.user_embedding(np.array([users[0], users[1], 10**9])).numpy()
+    assert np.abs(bias[:2]).sum() > 0 and not bias[2].any()
+    ids = np.load(run_dir / "candidates.npz")["ids"]
+    histories = [[int(i) for i in ids[j:j + 3]] for j in range(0, 9, 3)]
+    histories.append(histories[-1])
+    known = [users[0], users[1], 10**9, -1]
+    served = _fresh(run_dir, histories, known)
+    keras = model.query_embeddings(np.stack([vocab.lookup(h) for h in histories]),
+                                   context={"user_id": np.array(known, np.int64)})
+    np.testing.assert_allclose(np.asarray(served["embed"]), keras, atol=1e-5)
+    # An unknown user and an anonymous one share the anonymous query.
+    np.testing.assert_allclose(keras[2], keras[3], atol=1e-6)
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(run_dir), "--history",
+                 ",".join(map(str, histories[0])), "-k", "3", "--user", str(users[0])]) == 0
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 3

@@ -247,3 +247,33 @@ def test_attributes_are_deterministic_for_a_seed():
 def test_bad_attribute_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_long_tail(**{"num_users": 10, "attribute_dim": 4, **kwargs})
+
+
+def test_to_sessions_cuts_each_user_in_order_and_interleaves_users():
+    from tfrec_proxy.data import to_sessions
+    from tfrec_proxy.data.sessions import split_sessions
+
+    data = generate_long_tail(num_users=40, num_items=60, num_clusters=4, seq_len=25, seed=3)
+    views = to_sessions(data, session_length=6, seed=1)
+    assert list(views.columns) == ["session_id", "user_id", "item_id", "time"]
+    # Every click once, in its user's order; sessions of >= 3 views, one user each.
+    clicks = data.interactions.sort_values(["user_id", "timestamp"], kind="stable")
+    np.testing.assert_array_equal(views["item_id"], clicks["item_id"])
+    np.testing.assert_array_equal(views["user_id"].astype(int), clicks["user_id"])
+    sizes = views.groupby("session_id").size()
+    assert sizes.min() >= 3 and 4 < sizes.mean() < 8
+    assert (views.groupby("session_id")["user_id"].nunique() == 1).all()
+    assert (views.groupby("session_id")["time"].apply(lambda t: t.is_monotonic_increasing)).all()
+    # A user's sessions are later and later; users interleave, so a chronological
+    # split puts known users into the test sessions.
+    starts = views.groupby("session_id").agg(user=("user_id", "first"), start=("time", "min"))
+    assert (starts.groupby("user")["start"].apply(lambda s: s.is_monotonic_increasing)).all()
+    split = split_sessions(views, min_item_count=1)
+    train_users = set(split.train.examples.user.tolist())
+    test_users = set(split.test.examples.user.tolist())
+    assert test_users and test_users <= train_users
+    # Reproducible; another seed cuts differently.
+    assert to_sessions(data, 6, seed=1).equals(views)
+    assert not to_sessions(data, 6, seed=2)["session_id"].equals(views["session_id"])
+    with pytest.raises(ValueError, match="session_length must be an integer >= 3"):
+        to_sessions(data, 2)

@@ -21,6 +21,8 @@ class SyntheticConfig:
     small enough that `tfrec-proxy train` finishes in minutes on 2 CPU cores.
     `attribute_dim > 0` adds item attributes, noisy functions of each item's
     cluster (`attribute_noise` the noise scale), for attribute-aware item towers.
+    `session_length` is the mean session length of `DataConfig.source =
+    "synthetic-sessions"` (each user's clicks cut into sessions, `to_sessions`).
     """
 
     num_users: int = 2000
@@ -36,6 +38,7 @@ class SyntheticConfig:
     seed: int = 0
     attribute_dim: int = 0
     attribute_noise: float = 0.5
+    session_length: int = 8
 
 
 @dataclasses.dataclass
@@ -47,7 +50,9 @@ class DataConfig:
             `"dataframe"` (a pandas frame handed to `prepare_data`/`train` in
             Python; it cannot be re-read from the config alone) or `"sessions"` (a
             session log at `path`, default the shared Diginetica sample; the
-            ProxySR §4.1 session task, `tfrec_proxy.data.sessions`).
+            ProxySR §4.1 session task, `tfrec_proxy.data.sessions`) or
+            `"synthetic-sessions"` (the generator's clicks cut into sessions of
+            `synthetic.session_length` views on average, known users, the same task).
         path: A file or folder for `source="file"`.
         file_format: `"auto"` (by extension and content), `"movielens"`
             (`ratings.dat`), `"sasrec"` (`user item` text), `"csv"`, `"tsv"` or

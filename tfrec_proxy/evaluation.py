@@ -96,13 +96,14 @@ def evaluate_run(run: Any, data: PreparedData, split: str = "test",
 
 def query_context(names: Any, examples: Examples) -> Dict[str, np.ndarray]:
     """The context features a query tower (or run) reads, from the examples: the raw
-    user ids for `"user_id"` (RAM's user embedding)."""
+    user ids (`Examples.owner`) for `"user_id"` (a user embedding: RAM's u, ProxySR's
+    eq. 10 bias)."""
     context = {}
     for name in names:
         if name != "user_id":
             raise ValueError(f"Cannot evaluate a query tower that reads {name!r}: the "
                              "evaluation examples hold histories and user ids only.")
-        context[name] = examples.user.astype(np.int64)
+        context[name] = examples.owner.astype(np.int64)
     return context
 
 

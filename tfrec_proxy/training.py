@@ -300,10 +300,17 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
 
 
 def _users_if_needed(config: RunConfig, data: PreparedData) -> Optional[np.ndarray]:
-    """The data's raw user ids when the encoder has a user embedding (RAM)."""
+    """The raw ids of the users a user embedding learns (RAM's u, ProxySR's eq. 10
+    bias): the training examples' owners, less the anonymous (< 0); None when the
+    encoder has no user embedding."""
     if not ENCODERS.get(config.model.encoder).metadata.get("user_embedding"):
         return None
-    return np.unique(data.interactions["user_id"].to_numpy())
+    owners = np.unique(data.split.train.owner.astype(np.int64))
+    owners = owners[owners >= 0]
+    if len(owners) == 0:
+        raise ValueError(f"--encoder {config.model.encoder} learns a per-user embedding, "
+                         "but no training example has a known user (all anonymous).")
+    return owners
 
 
 def method_summary(config: RunConfig) -> Dict[str, Any]:

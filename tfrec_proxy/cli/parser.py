@@ -23,7 +23,8 @@ DEFAULT_DATA_PATH = "../shared/data/ml-1m"
 # import TensorFlow (training) or pandas (data).
 STRATEGIES = ("default", "mirrored", "multi_worker")  # tfrec_proxy.training.STRATEGIES
 EVAL_CHUNKS = ("all", "last")  # tfrec_proxy.training.EVAL_CHUNKS
-DATA_SOURCES = ("synthetic", "file", "sessions")  # data.prepare.DATA_SOURCES less "dataframe"
+# data.prepare.DATA_SOURCES less "dataframe"
+DATA_SOURCES = ("synthetic", "file", "sessions", "synthetic-sessions")
 PATH_SOURCES = ("file", "sessions")  # sources read from --data-path
 FILE_FORMATS = ("auto", "movielens", "sasrec", "csv", "tsv", "parquet")  # data.loaders
 EXTRACTIONS = ("last", "mean", "mur")  # registry.EXTRACTIONS (built-in names)
@@ -34,7 +35,8 @@ SAMPLERS = ("uniform", "popularity")  # objectives.SAMPLERS
 ITEM_NORMS = ("none", "train", "posthoc")  # layers.item_norm.ITEM_NORM_MODES
 WEIGHTINGS = ("none", "frequency", "idw")  # registry.WEIGHTINGS (built-in names)
 ITEM_TOWERS = ("id", "pir", "shared")  # registry.ITEM_TOWERS (built-in names)
-ENCODERS = ("self-attention", "sasrec", "ram", "ram-u", "proxysr")  # registry.ENCODERS
+ENCODERS = ("self-attention", "sasrec", "ram", "ram-u",  # registry.ENCODERS
+            "proxysr", "proxysr-user")
 SPLITS = ("chunked", "per-user")  # data.prepare.SPLITS
 
 
@@ -104,8 +106,9 @@ class ConfigFlag:
 CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     # Data.
     ConfigFlag("--data", "data.source", "data source: the synthetic long-tail generator, "
-               "an interaction file (--data-path), or a session log (--data-path; "
-               "default the shared Diginetica sample) for the session task",
+               "an interaction file (--data-path), a session log (--data-path; "
+               "default the shared Diginetica sample) for the session task, or the "
+               "generator's clicks cut into sessions (synthetic-sessions, known users)",
                choices=DATA_SOURCES),
     ConfigFlag("--data-path", "data.path", "interaction file or folder (ratings.dat, "
                f"ml-1m.txt, CSV/TSV/Parquet); implies --data file (default for --data "
@@ -128,6 +131,8 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "(--seed does not change the data)", type=int),
     ConfigFlag("--max-len", "data.max_len", "history length; longer sequences are split",
                type=positive_int),
+    ConfigFlag("--session-length", "data.synthetic.session_length", "--data "
+               "synthetic-sessions: mean views per session (>= 3)", type=positive_int),
     ConfigFlag("--min-item-count", "data.min_item_count", "--data sessions: drop items seen "
                "fewer times (ProxySR: 5)", type=positive_int),
     ConfigFlag("--split", "data.split", "chunked: sequences cut at --max-len, each chunk's "
@@ -162,8 +167,9 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "(also the item tower's last layer)", type=positive_int),
     ConfigFlag("--encoder", "model.encoder", "sequence encoder of the query tower: the IDW "
                "self-attention encoder, SASRec, RAM (reused item representations + user "
-               "embedding), RAM-u (without it) or ProxySR (session proxies, "
-               "--num-proxies; scored by eq. 7)", choices=ENCODERS),
+               "embedding), RAM-u (without it), ProxySR (session proxies, "
+               "--num-proxies; scored by eq. 7) or ProxySR with eq. 10's per-user bias "
+               "(proxysr-user)", choices=ENCODERS),
     ConfigFlag("--num-layers", "model.num_layers", "attention blocks in the query tower "
                "(also --num-blocks)", type=positive_int),
     ConfigFlag("--num-blocks", "model.num_layers", "n_b, attention blocks of the encoder "

@@ -14,7 +14,7 @@ from tfrec_proxy.data.datasets import make_dataset, make_sequence_dataset, seque
 from tfrec_proxy.data.sequences import (SequenceSplit, head_item_mask, item_frequencies,
                                         leave_one_out, sampling_probabilities,
                                         split_long_sequences, user_item_sets, user_sequences)
-from tfrec_proxy.data.synthetic import SyntheticData, generate_long_tail
+from tfrec_proxy.data.synthetic import SyntheticData, generate_long_tail, to_sessions
 from tfrec_proxy.data.prepare import DATA_SOURCES, PreparedData, prepare_data
 from tfrec_proxy.data.vocab import OOV, PAD, Vocabulary
 
@@ -24,7 +24,7 @@ __all__ = [
     "Examples", "SequenceExamples", "SequenceSplit", "head_item_mask", "item_frequencies",
     "leave_one_out", "make_dataset", "make_sequence_dataset", "sampling_probabilities",
     "sequences_per_batch", "split_long_sequences", "user_item_sets", "user_sequences",
-    "SyntheticData", "generate_long_tail",
+    "SyntheticData", "generate_long_tail", "to_sessions",
     "OOV", "PAD", "Vocabulary",
     "DATA_SOURCES", "PreparedData", "prepare_data",
 ]

@@ -32,8 +32,8 @@ def make_dataset(examples: Examples, batch_size: int, shuffle: bool = False, see
         shuffle: shuffle over the whole set, differently on every pass.
         seed: shuffle seed.
         drop_remainder: drop a last batch smaller than B.
-        with_users: also give each example's raw user id as `"user_id"` (int64
-            `[B]`), for query towers with a user embedding.
+        with_users: also give each example's raw user id (`Examples.owner`) as
+            `"user_id"` (int64 `[B]`), for query towers with a user embedding.
 
     Returns:
         Dataset of `{"history": int32 [B, L], "target": int32 [B]}` (+ `"user_id"`).
@@ -47,7 +47,7 @@ def make_dataset(examples: Examples, batch_size: int, shuffle: bool = False, see
     tensors = {"history": examples.history.astype(np.int32),
                "target": examples.target.astype(np.int32)}
     if with_users:
-        tensors["user_id"] = examples.user.astype(np.int64)
+        tensors["user_id"] = examples.owner.astype(np.int64)
     return _batched(tensors, len(examples), batch_size, shuffle, seed, drop_remainder)
 
 

@@ -25,12 +25,17 @@ class Examples:
         last_chunk: bool `[N]`, True when the example comes from its user's most recent
             chunk (no training target of the user follows it). Not given -> all True
             (every example counts as its user's latest).
+        owner: int64 `[N]` raw id of the person a query tower's user embedding reads
+            (the `"user_id"` query feature). Not given -> `user`. It differs in the
+            session task, where `user` is the session (negatives and exclusions are
+            per session) and `owner` the session's user (`-1`: anonymous).
     """
 
     history: np.ndarray
     target: np.ndarray
     user: np.ndarray
     last_chunk: Optional[np.ndarray] = None
+    owner: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         n = len(self.target)
@@ -46,6 +51,11 @@ class Examples:
             raise ValueError(f"Examples needs last_chunk bool [N] with N={n}, got shape "
                              f"{np.shape(self.last_chunk)} and dtype "
                              f"{np.asarray(self.last_chunk).dtype}")
+        if self.owner is None:
+            object.__setattr__(self, "owner", self.user)
+        elif np.shape(self.owner) != (n,):
+            raise ValueError(f"Examples needs owner [N] with N={n}, got shape "
+                             f"{np.shape(self.owner)}")
 
     def __len__(self) -> int:
         return len(self.target)
@@ -53,7 +63,8 @@ class Examples:
     def select(self, rows: Union[np.ndarray, slice]) -> "Examples":
         """The examples at `rows` (a bool `[N]` mask, integer positions or a slice)."""
         return Examples(history=self.history[rows], target=self.target[rows],
-                        user=self.user[rows], last_chunk=self.last_chunk[rows])
+                        user=self.user[rows], last_chunk=self.last_chunk[rows],
+                        owner=self.owner[rows])
 
 
 @dataclass(frozen=True, eq=False)

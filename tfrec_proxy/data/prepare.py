@@ -7,7 +7,7 @@ split.
 
 import dataclasses
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -25,11 +25,11 @@ from tfrec_proxy.data.sequences import (SequenceSplit, group_sequences, per_user
                                         head_item_mask, item_frequencies, leave_one_out,
                                         sampling_probabilities, split_long_sequences,
                                         user_item_sets)
-from tfrec_proxy.data.synthetic import SyntheticData, generate_long_tail
+from tfrec_proxy.data.synthetic import SyntheticData, generate_long_tail, to_sessions
 from tfrec_proxy.data.tables import select_columns
 from tfrec_proxy.data.vocab import Vocabulary
 
-DATA_SOURCES = ("synthetic", "file", "dataframe", "sessions")
+DATA_SOURCES = ("synthetic", "file", "dataframe", "sessions", "synthetic-sessions")
 SPLITS = ("chunked", "per-user")
 DIGINETICA_SAMPLE = "diginetica-sample/sample_train-item-views.csv"
 CHUNKS = ("all", "last")
@@ -164,13 +164,13 @@ def prepare_data(config: DataConfig,
                          "the config's user/item/time columns); a frame cannot be re-read "
                          "from the config, so evaluate such a run on a file with "
                          "source='file'.")
-    if config.source == "sessions":
+    if config.source in ("sessions", "synthetic-sessions"):
         return prepare_sessions(config)
     report = None
     clusters_by_id = None
     synthetic = None
     if config.source == "synthetic":
-        synthetic = generate_long_tail(**dataclasses.asdict(config.synthetic))
+        synthetic = generate_long_tail(**generator_arguments(config))
         interactions = synthetic.interactions
         clusters_by_id = synthetic
     elif config.source == "dataframe":
@@ -234,15 +234,29 @@ def session_data_path(path: Optional[str]) -> Path:
     return sample
 
 
+def generator_arguments(config: DataConfig) -> Dict[str, Any]:
+    """`generate_long_tail`'s arguments from `config.synthetic` (less the session mode's
+    `session_length`)."""
+    arguments = dataclasses.asdict(config.synthetic)
+    arguments.pop("session_length")
+    return arguments
+
+
 def prepare_sessions(config: DataConfig) -> PreparedData:
     """The session task (ProxySR §4.1, `tfrec_proxy.data.sessions`): a session log
     split 8:1:1 by session start, items seen fewer than `min_item_count` times and
     sessions shorter than `min_len` dropped, validation/test items unknown to training
     removed; every position of a session is a next-item example (histories of the
     last `max_len` items). Examples carry the session id as their `user` (the
-    negatives and exclusions are per session)."""
-    path = session_data_path(config.path)
-    frame = load_sessions(path)
+    negatives and exclusions are per session) and the session's user as their
+    `owner` (-1 anonymous; read by ProxySR's eq. 10 user bias)."""
+    if config.source == "synthetic-sessions":
+        path = "synthetic-sessions"
+        frame = to_sessions(generate_long_tail(**generator_arguments(config)),
+                            config.synthetic.session_length, config.synthetic.seed)
+    else:
+        path = session_data_path(config.path)
+        frame = load_sessions(path)
     split = split_sessions(frame, min_item_count=config.min_item_count,
                            min_session_length=config.min_len, max_len=config.max_len,
                            source=str(path))
@@ -250,7 +264,7 @@ def prepare_sessions(config: DataConfig) -> PreparedData:
 
     def per_session(part) -> Examples:
         return Examples(history=part.examples.history, target=part.examples.target,
-                        user=part.session.astype(np.int64))
+                        user=part.session.astype(np.int64), owner=part.examples.user)
 
     train, validation, test = (per_session(part) for part in
                                (split.train, split.validation, split.test))

@@ -18,12 +18,12 @@ exactly `||a - I_perp||^2`, `I_perp = I - (v.I) v`: two vectors carry all eq. 7 
 and fit the toolkit's `[B, M, d]` query seam, so export and serving need no change.
 """
 
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tfrec_proxy._tf import tf
 from tfrec_proxy.layers.encoders import embed_history_items
 from tfrec_proxy.layers.ram import UserEmbedding
-from tfrec_proxy.layers.towers import history_of
+from tfrec_proxy.layers.towers import USER_ID, history_of
 from tfrec_proxy.registry import ENCODERS, SCORERS
 from tfrec_proxy.scoring import Scorer
 from tfrec_proxy.layers.proxy_geometry import (  # noqa: F401 (re-exported)
@@ -210,6 +210,8 @@ class ProxySessionEncoder(tf.keras.layers.Layer):
     Args:
         vocab_size, dim, num_proxies, max_len: Item indices (0 = padding), d, K, L.
         num_users: Known users for eq. 10's bias (None: no user bias).
+        user_ids: Their raw ids (distinct; sets `num_users`); a layer rebuilt from its
+            config gets them back from its weights (`UserEmbedding`).
         initial_temperature: T_0.
         item_encoder: Optional `{"item_id": [B, L]} -> [B, L, d]` layer replacing the
             own item table.
@@ -224,13 +226,19 @@ class ProxySessionEncoder(tf.keras.layers.Layer):
     def __init__(self, vocab_size: int, dim: int, num_proxies: int, max_len: int,
                  num_users: Optional[int] = None, initial_temperature: float = 3.0,
                  item_encoder: Optional[tf.keras.layers.Layer] = None,
-                 lambda_orthog: float = 0.0, **kwargs: Any) -> None:
+                 lambda_orthog: float = 0.0, user_ids: Optional[Sequence[int]] = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not lambda_orthog >= 0:
             raise ValueError(f"lambda_orthog must be >= 0, got {lambda_orthog}.")
         self.lambda_orthog = float(lambda_orthog)
         _check_positive_int("vocab_size", vocab_size)
         _check_positive_int("dim", dim)
+        if user_ids is not None:
+            if num_users is not None and num_users != len(user_ids):
+                raise ValueError(f"num_users={num_users} does not match the "
+                                 f"{len(user_ids)} user_ids given.")
+            num_users = len(user_ids)
         if num_users is not None:
             _check_positive_int("num_users", num_users)
         self.vocab_size, self.dim, self.num_proxies = vocab_size, dim, num_proxies
@@ -244,7 +252,8 @@ class ProxySessionEncoder(tf.keras.layers.Layer):
                                         name="proxy_selection")
         self.short_term = ShortTermEncoder(max_len, name="short_term")
         self.user_bias = None if num_users is None else \
-            UserEmbedding(num_proxies, num_users=num_users, name="user_bias")
+            UserEmbedding(num_proxies, user_ids=user_ids, num_users=num_users,
+                          name="user_bias")
 
     @property
     def temperature(self) -> tf.Variable:
@@ -427,9 +436,11 @@ class ProxyQueryTower(tf.keras.layers.Layer):
     """The query tower of `--encoder proxysr`: query features -> packed `[B, 2, d]`
     queries of a `ProxySessionEncoder`, scored by the `"proxysr"` scorer (eq. 7).
 
-    It reads only `"history"` and trains on per-prefix examples (the proxy of a
-    prefix depends on all of its items, so one causal pass cannot give every
-    prefix's query). `training_callbacks()` anneals the selection temperature.
+    It reads `"history"` (and `"user_id"` when the encoder has eq. 10's user bias:
+    `--encoder proxysr-user`; unknown or anonymous ids get u = 0, the anonymous
+    logits) and trains on per-prefix examples (the proxy of a prefix depends on all
+    of its items, so one causal pass cannot give every prefix's query).
+    `training_callbacks()` anneals the selection temperature.
 
     Args:
         encoder: The `ProxySessionEncoder`.
@@ -447,12 +458,30 @@ class ProxyQueryTower(tf.keras.layers.Layer):
         self.encoder = encoder
 
     @property
+    def user_embedding(self) -> Optional[tf.keras.layers.Layer]:
+        """Eq. 10's user bias table (a `UserEmbedding`), or None; its known ids are
+        exported as the run's `users.json`."""
+        return self.encoder.user_bias
+
+    @property
     def context_specs(self) -> Dict[str, tf.TensorSpec]:
-        return {}
+        """`"user_id"` (int64 `[B]`) with eq. 10's user bias, else none."""
+        if self.encoder.user_bias is None:
+            return {}
+        return {USER_ID: tf.TensorSpec([None], tf.int64, name=USER_ID)}
 
     def call(self, features: Any, training: Optional[bool] = None) -> tf.Tensor:
-        """`{"history": [B, L]}` (or a bare `[B, L]` tensor) -> `[B, 2, d]` float32."""
-        return tf.cast(self.encoder(history_of(features), training=training), tf.float32)
+        """`{"history": [B, L]}` (+ `"user_id": [B]` int64 with eq. 10's bias; a bare
+        `[B, L]` tensor without) -> `[B, 2, d]` float32."""
+        user_id = None
+        if self.encoder.user_bias is not None:
+            if not isinstance(features, Mapping) or USER_ID not in features:
+                given = sorted(features) if isinstance(features, Mapping) else "a bare history"
+                raise KeyError(f"This ProxySR tower has eq. 10's user bias and needs the "
+                               f"feature {USER_ID!r}; got {given}.")
+            user_id = features[USER_ID]
+        return tf.cast(self.encoder(history_of(features), user_id, training=training),
+                       tf.float32)
 
     def training_callbacks(self) -> List[tf.keras.callbacks.Callback]:
         """Callbacks every training phase needs: the temperature annealing (§4.1.4)."""
@@ -475,8 +504,27 @@ def build_proxysr_tower(config: Any, context: Any,
                         item_encoder: Optional[tf.keras.layers.Layer]) -> ProxyQueryTower:
     """`"proxysr"`: a whole query tower (no extraction): `ModelConfig.num_proxies`
     proxies, the item table kept in the unit ball unless `item_encoder` is shared."""
+    return _proxysr_tower(config, context, item_encoder, user_ids=None)
+
+
+@ENCODERS.register("proxysr-user", query_tower=True, scorer="proxysr", user_embedding=True)
+def build_proxysr_user_tower(config: Any, context: Any,
+                             item_encoder: Optional[tf.keras.layers.Layer]
+                             ) -> ProxyQueryTower:
+    """`"proxysr-user"`: `"proxysr"` plus eq. 10's bias u on the selection logits for
+    the training examples' known users (`BuildContext.user_ids`; the session task
+    gives each session's user); others (new, anonymous: -1) get u = 0."""
+    if context.user_ids is None:
+        raise ValueError("--encoder proxysr-user needs the training users' ids "
+                         "(BuildContext.user_ids).")
+    return _proxysr_tower(config, context, item_encoder, user_ids=context.user_ids)
+
+
+def _proxysr_tower(config: Any, context: Any, item_encoder: Optional[tf.keras.layers.Layer],
+                   user_ids: Optional[Sequence[int]]) -> ProxyQueryTower:
     encoder = ProxySessionEncoder(context.vocab_size, config.embedding_dim,
                                   num_proxies=config.num_proxies, max_len=context.max_len,
                                   item_encoder=item_encoder,
-                                  lambda_orthog=config.lambda_orthog, name="encoder")
+                                  lambda_orthog=config.lambda_orthog, user_ids=user_ids,
+                                  name="encoder")
     return ProxyQueryTower(encoder, name="query_tower")
