@@ -35,11 +35,13 @@ def test_hit_rate_ndcg_mrr_by_hand():
     assert ndcg(ranks, 5) == pytest.approx((1 + GAIN_1) / 4)  # 0.40773243839
     assert ndcg(ranks, 20) == pytest.approx((1 + GAIN_1 + GAIN_5) / 4)  # 0.49678423517
     assert mrr(ranks) == pytest.approx((1 + 1 / 2 + 1 / 6 + 1 / 31) / 4)  # 0.42473118280
+    assert mrr(ranks, 1) == 0.25
+    assert mrr(ranks, 20) == pytest.approx((1 + 1 / 2 + 1 / 6) / 4)  # MRR@20: rank 30 counts 0
 
 
 @pytest.mark.parametrize("call", [lambda: hit_rate([0, 1], 0), lambda: ndcg([0], 0),
                                   lambda: hit_rate([], 5), lambda: ndcg([], 5),
-                                  lambda: mrr([]), lambda: mrr([-1])])
+                                  lambda: mrr([]), lambda: mrr([-1]), lambda: mrr([0], 0)])
 def test_metric_errors(call):
     with pytest.raises(ValueError):
         call()
@@ -271,11 +273,12 @@ def test_evaluate_embeddings_by_hand_with_head_and_tail():
                                  head_items=head_items, num_negatives=3)
     expected = {
         "hr@1": 0.0, "ndcg@1": 0.0, "hr@2": 2 / 3, "ndcg@2": 2 * GAIN_1 / 3,
+        "mrr@1": 0.0, "mrr@2": (1 / 2 + 1 / 2) / 3,
         "mrr": (1 / 2 + 1 / 2 + 1 / 4) / 3, "count": 3,
         "head/hr@1": 0.0, "head/ndcg@1": 0.0, "head/hr@2": 1.0, "head/ndcg@2": GAIN_1,
-        "head/mrr": 0.5, "head/count": 2,
+        "head/mrr@1": 0.0, "head/mrr@2": 0.5, "head/mrr": 0.5, "head/count": 2,
         "tail/hr@1": 0.0, "tail/ndcg@1": 0.0, "tail/hr@2": 0.0, "tail/ndcg@2": 0.0,
-        "tail/mrr": 0.25, "tail/count": 1,
+        "tail/mrr@1": 0.0, "tail/mrr@2": 0.0, "tail/mrr": 0.25, "tail/count": 1,
     }
     assert set(result) == {f"{p}/{k}" for p in ("sampled", "full") for k in expected}
     for prefix in ("sampled", "full"):
@@ -294,7 +297,7 @@ def test_evaluate_embeddings_exclusion():
     assert result["full/mrr"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 4) / 3)
     result = evaluate_embeddings(QUERIES, ITEMS, TARGETS, ks=(1,), exclude=exclude,
                                  sampled=False, exclude_seen_in_full=True)
-    assert set(result) == {"full/hr@1", "full/ndcg@1", "full/mrr", "full/count"}
+    assert set(result) == {"full/hr@1", "full/ndcg@1", "full/mrr@1", "full/mrr", "full/count"}
     assert result["full/mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     with pytest.raises(ValueError, match="Nothing to evaluate"):
         evaluate_embeddings(QUERIES, ITEMS, TARGETS, sampled=False, full=False)

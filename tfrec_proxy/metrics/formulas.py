@@ -85,20 +85,26 @@ def ndcg(ranks: ArrayLike, k: int) -> float:
     return float(np.mean(gains))
 
 
-def mrr(ranks: ArrayLike) -> float:
-    """Mean reciprocal rank.
+def mrr(ranks: ArrayLike, k: Optional[int] = None) -> float:
+    """Mean reciprocal rank, over the whole ranking or cut at k (MRR@k, the
+    session-based metric: 0 for a target ranked k-th or lower).
 
     Args:
         ranks: `[N]` integer 0-based ranks.
+        k: Cut-off, >= 1 (None: no cut).
 
     Returns:
-        `mean(1 / (rank + 1))`.
+        `mean(1 / (rank + 1))`, with `[rank < k]` as a factor when k is given.
 
     Raises:
-        ValueError: if `ranks` is empty, not 1-D or negative.
+        ValueError: if `k < 1` or `ranks` is empty, not 1-D or negative.
     """
     ranks = _check_ranks(ranks)
-    return float(np.mean(1.0 / (ranks + 1.0)))
+    reciprocal = 1.0 / (ranks + 1.0)
+    if k is not None:
+        check_positive_int("k", k)
+        reciprocal = np.where(ranks < k, reciprocal, 0.0)
+    return float(np.mean(reciprocal))
 
 
 def ranks_from_scores(
@@ -146,6 +152,7 @@ def _metrics(ranks: np.ndarray, ks: Sequence[int], prefix: str) -> Dict[str, flo
     for k in ks:
         result[f"{prefix}hr@{k}"] = math.nan if empty else hit_rate(ranks, k)
         result[f"{prefix}ndcg@{k}"] = math.nan if empty else ndcg(ranks, k)
+        result[f"{prefix}mrr@{k}"] = math.nan if empty else mrr(ranks, k)
     result[f"{prefix}mrr"] = math.nan if empty else mrr(ranks)
     result[f"{prefix}count"] = float(ranks.size)
     return result
@@ -166,8 +173,8 @@ def summarize(
         prefix: prepended to every key (e.g. `"full/"`).
 
     Returns:
-        `{prefix}hr@{k}`, `{prefix}ndcg@{k}` for each k, `{prefix}mrr` and
-        `{prefix}count`, plus the same keys under `{prefix}{group}/` for each group.
+        `{prefix}hr@{k}`, `{prefix}ndcg@{k}`, `{prefix}mrr@{k}` for each k,
+        `{prefix}mrr` and `{prefix}count`, plus the same keys under `{prefix}{group}/` for each group.
         An empty set of rows gives count 0 and NaN metrics.
 
     Raises:
