@@ -184,16 +184,27 @@ class RetrievalModule(tf.Module):
 
     def _generate_and_rescore(self, queries: tf.Tensor):
         probes = self.query.scorer.probe_vectors(queries)  # [B, P, d]
-        batch, num_probes = tf.shape(probes)[0], tf.shape(probes)[1]
-        _, positions = self.index(tf.reshape(probes, [-1, probes.shape[-1]]), k=self.probe_k)
-        positions = tf.sort(tf.reshape(positions, [batch, num_probes * self.probe_k]), axis=1)
-        repeated = tf.concat([tf.zeros([batch, 1], tf.bool),
-                              tf.equal(positions[:, 1:], positions[:, :-1])], axis=1)
-        candidates = tf.gather(self.candidate_embeddings, positions)  # [B, P*n, d]
-        scores = self.query.scorer.score_candidates(queries, candidates)
-        scores = tf.where(repeated, tf.fill(tf.shape(scores), -np.inf), scores)
+        batch = tf.shape(probes)[0]
+        probe_scores, positions = self.index(tf.reshape(probes, [-1, probes.shape[-1]]),
+                                             k=self.probe_k)
+        # ScaNN returns fewer than probe_k columns, padded with NaN scores, when the
+        # searched leaves hold fewer points: keep whatever width came back and mark
+        # the padding -1 (sorted first, then scored -inf).
+        valid = tf.reshape(tf.math.is_finite(probe_scores), [batch, -1])
+        positions = tf.where(valid, tf.reshape(positions, [batch, -1]), -1)
+        width = tf.shape(positions)[1]
+        positions = tf.pad(positions, [[0, 0], [0, tf.maximum(self.max_k - width, 0)]],
+                           constant_values=-1)  # top_k needs >= max_k columns
+        positions = tf.sort(positions, axis=1)
+        drop = tf.concat([tf.zeros([batch, 1], tf.bool),
+                          tf.equal(positions[:, 1:], positions[:, :-1])], axis=1)
+        drop = drop | (positions < 0)
+        candidates = tf.gather(self.candidate_embeddings, tf.maximum(positions, 0))
+        scores = self.query.scorer.score_candidates(queries, candidates)  # [B, P*n]
+        scores = tf.where(drop, tf.fill(tf.shape(scores), -np.inf), scores)
         top_scores, top = tf.math.top_k(scores, k=self.max_k)
-        return top_scores, tf.gather(self.candidate_ids, tf.gather(positions, top, batch_dims=1))
+        top_positions = tf.maximum(tf.gather(positions, top, batch_dims=1), 0)
+        return top_scores, tf.gather(self.candidate_ids, top_positions)
 
 
 def scann_parameters(num_candidates: int, config: ExportConfig, max_k: int) -> Dict[str, int]:
