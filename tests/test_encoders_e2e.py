@@ -129,7 +129,10 @@ def test_proxysr_trains_anneals_and_serves_through_ann(tmp_path, capsys):
     # Epochs 0, 1, 2 of the schedule 3 * (0.01 / 3) ** (e / 10); the checkpoint keeps tau.
     tau = float(model.query_tower.encoder.temperature.numpy())
     assert tau == pytest.approx(3 * (0.01 / 3) ** 0.2, rel=1e-5)
-    ids = np.load(run_dir / "candidates.npz")["ids"]
+    candidates = np.load(run_dir / "candidates.npz")
+    ids = candidates["ids"]
+    # The shared item table stays in the unit ball (eq. 7 and the ANN probe assume it).
+    assert np.linalg.norm(candidates["embeddings"], axis=1).max() <= 1 + 1e-5
     histories = [[int(i) for i in ids[j:j + 3]] for j in range(0, 60, 3)]
     served = _fresh(run_dir, histories)
     keras = model.query_embeddings(np.stack([vocab.lookup(h) for h in histories]))

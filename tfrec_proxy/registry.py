@@ -172,7 +172,9 @@ ITEM_TOWERS = Registry("item tower")
 # `(ModelConfig, BuildContext, item_encoder) -> layer` mapping `[B, L]` histories to
 # `[B, L, d]` hidden states (`item_encoder`: a layer embedding the history items
 # instead of the encoder's own table, or None); metadata `user_embedding=True` adds a
-# per-user embedding to the query tower (RAM).
+# per-user embedding to the query tower (RAM); `query_tower=True`: the builder returns
+# the whole query tower (ProxySR), `scorer=NAME` its scorer under `--scorer auto`;
+# `unit_ball_items=True` keeps the `"shared"` item table in the unit ball (ProxySR).
 ENCODERS = Registry("encoder")
 # `(RunConfig) -> [Phase, ...]`: the training schedule of a loss weighting.
 WEIGHTINGS = Registry("weighting")

@@ -499,15 +499,18 @@ class ProxyQueryTower(tf.keras.layers.Layer):
         return cls(**config)
 
 
-@ENCODERS.register("proxysr", query_tower=True, scorer="proxysr")
+@ENCODERS.register("proxysr", query_tower=True, scorer="proxysr", unit_ball_items=True)
 def build_proxysr_tower(config: Any, context: Any,
                         item_encoder: Optional[tf.keras.layers.Layer]) -> ProxyQueryTower:
     """`"proxysr"`: a whole query tower (no extraction): `ModelConfig.num_proxies`
-    proxies, the item table kept in the unit ball unless `item_encoder` is shared."""
+    proxies, the item table kept in the unit ball (own, or the `"shared"` item tower's
+    via `unit_ball_items`; an id/PIR item tower is not constrained: eq. 7's ANN probe
+    then needs longer candidate lists)."""
     return _proxysr_tower(config, context, item_encoder, user_ids=None)
 
 
-@ENCODERS.register("proxysr-user", query_tower=True, scorer="proxysr", user_embedding=True)
+@ENCODERS.register("proxysr-user", query_tower=True, scorer="proxysr", user_embedding=True,
+                   unit_ball_items=True)
 def build_proxysr_user_tower(config: Any, context: Any,
                              item_encoder: Optional[tf.keras.layers.Layer]
                              ) -> ProxyQueryTower:

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from tfrec_proxy._tf import tf
 from tfrec_proxy.layers.encoders import SelfAttentionEncoder, embed_history_items
+from tfrec_proxy.layers.proxy_geometry import UnitBallConstraint
 from tfrec_proxy.registry import ENCODERS, ITEM_TOWERS
 
 
@@ -260,6 +261,8 @@ class ItemEmbedding(tf.keras.layers.Layer):
     Args:
         vocab_size: V (padding and OOV included).
         dim: d.
+        unit_ball: Keep every row in the unit ball after each update (ProxySR's
+            constraint, which its eq. 7 distance and ANN probe assume).
 
     Example:
 
@@ -267,11 +270,15 @@ class ItemEmbedding(tf.keras.layers.Layer):
         vectors = tower({"item_id": tf.constant([2, 3])})  # [2, 16]
     """
 
-    def __init__(self, vocab_size: int, dim: int, **kwargs: Any) -> None:
+    def __init__(self, vocab_size: int, dim: int, unit_ball: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.dim = dim
-        self.embedding = tf.keras.layers.Embedding(vocab_size, dim, name="item_embedding")
+        self.unit_ball = bool(unit_ball)
+        self.embedding = tf.keras.layers.Embedding(
+            vocab_size, dim, name="item_embedding",
+            embeddings_constraint=UnitBallConstraint() if unit_ball else None)
 
     def call(self, features: Dict[str, tf.Tensor],
              training: Optional[bool] = None) -> tf.Tensor:
@@ -282,11 +289,15 @@ class ItemEmbedding(tf.keras.layers.Layer):
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
-        config.update(vocab_size=self.vocab_size, dim=self.dim)
+        config.update(vocab_size=self.vocab_size, dim=self.dim, unit_ball=self.unit_ball)
         return config
 
 
 @ITEM_TOWERS.register("shared", shares_history=True)
 def build_shared_item_tower(config: Any, context: Any) -> ItemEmbedding:
-    """`"shared"`: one item table for candidates and history items (SASRec)."""
-    return ItemEmbedding(context.vocab_size, config.embedding_dim, name="candidate_tower")
+    """`"shared"`: one item table for candidates and history items (SASRec); in the
+    unit ball when the encoder's registry entry asks for it (`unit_ball_items`:
+    ProxySR)."""
+    unit_ball = ENCODERS.get(config.encoder).metadata.get("unit_ball_items", False)
+    return ItemEmbedding(context.vocab_size, config.embedding_dim, unit_ball=unit_ball,
+                         name="candidate_tower")
