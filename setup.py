@@ -31,6 +31,7 @@ setup(
         "pyarrow>=15,<27",        # Parquet interaction tables
         "matplotlib>=3.8,<4",     # `tfrec-proxy report` plots
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    extras_require={"test": ["pytest>=8,<10",
+                             "hypothesis==6.170.17"]},  # property tests of the input paths
     entry_points={"console_scripts": ["tfrec-proxy=tfrec_proxy.cli:main"]},
 )

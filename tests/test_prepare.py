@@ -129,7 +129,8 @@ def test_dataframe_source_errors():
     with pytest.raises(TypeError, match="expected a pandas DataFrame, got dict"):
         prepare_data(config, interactions={"uid": [1]})
     with pytest.raises(ValueError, match=r"Unknown data source 'frame'; expected one of "
-                                         r"\('synthetic', 'file', 'dataframe', 'sessions'\)"):
+                                         r"\('synthetic', 'file', 'dataframe', 'sessions', "
+                                         r"'synthetic-sessions'\)"):
         prepare_data(DataConfig(source="frame"))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
+ID_COLUMNS = ("user_id", "item_id")  # raw ids, >= 0
 
 _INT64 = np.iinfo(np.int64)
 
@@ -110,9 +111,9 @@ def validate_interactions(df: pd.DataFrame, source: str = "interactions") -> pd.
 
     Raises:
         TypeError: `df` is not a DataFrame.
-        ValueError: the frame is empty, a required column is missing, or a required
-            value is missing or not an integer (the message names the column, the row
-            index and the source).
+        ValueError: the frame is empty, a required column is missing, a required
+            value is missing or not an integer, or an id is negative (the message
+            names the column, the row index and the source).
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
@@ -125,4 +126,27 @@ def validate_interactions(df: pd.DataFrame, source: str = "interactions") -> pd.
     out = df.copy()
     for column in REQUIRED_COLUMNS:
         out[column] = integer_column(df[column], column, source)
+    for column in ID_COLUMNS:
+        check_non_negative(out[column], column, source)
     return out
+
+
+def check_non_negative(values: pd.Series, column: str, source: str, rows: str = "") -> None:
+    """Raises for a negative id: -1 pads histories at serving time (an item -1 would
+    be read as padding) and means "unknown user" there, so raw ids must be >= 0.
+
+    Args:
+        values: `[N]` int64 ids (`integer_column`'s output, with the frame's index).
+        column, source, rows: for the message, as in `integer_column`.
+
+    Raises:
+        ValueError: naming the first negative value, its row, the column and source.
+    """
+    array = np.asarray(values)
+    negative = array < 0
+    if negative.any():
+        position = int(np.argmax(negative))
+        label = values.index[position] if isinstance(values, pd.Series) else position
+        raise ValueError(f"{source}: column {column!r} at row {plain(label)!r}{rows} has "
+                         f"value {int(array[position])}; expected ids >= 0 (-1 pads "
+                         "histories and marks unknown users at serving time)")

@@ -15,7 +15,7 @@ import pandas as pd
 
 from tfrec_proxy._checks import check_positive_int
 from tfrec_proxy.data.examples import Examples, SequenceExamples
-from tfrec_proxy.data.frames import integer_column
+from tfrec_proxy.data.frames import check_non_negative, integer_column
 from tfrec_proxy.data.sequences import _train_sequences
 from tfrec_proxy.data.vocab import Vocabulary
 
@@ -81,6 +81,7 @@ def load_sessions(path: Union[str, pathlib.Path]) -> pd.DataFrame:
         raise ValueError(f"{source}: no views (the file has a header but no rows)")
     session = integer_column(table["session_id"], "session_id", source, _ROWS)
     item = integer_column(table["item_id"], "item_id", source, _ROWS)
+    check_non_negative(pd.Series(item, index=table.index), "item_id", source, _ROWS)
     offset = integer_column(table["timeframe"], "timeframe", source, _ROWS)
     if (offset < 0).any():
         row = int(np.argmax(offset < 0))
@@ -90,6 +91,7 @@ def load_sessions(path: Union[str, pathlib.Path]) -> pd.DataFrame:
     known = table["user_id"].notna()  # "NA" and empty cells are read as missing
     user = pd.Series(pd.NA, index=table.index, dtype="Int64")
     user[known] = integer_column(table["user_id"][known], "user_id", source, _ROWS)
+    check_non_negative(user[known], "user_id", source, _ROWS)  # -1 = anonymous
     day = pd.to_datetime(table["eventdate"], format="%Y-%m-%d", errors="coerce")
     if day.isna().any():
         row = int(np.argmax(day.isna().to_numpy()))
