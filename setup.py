@@ -30,8 +30,11 @@ setup(
         "pandas",
         "pyarrow>=15,<27",        # Parquet interaction tables
         "matplotlib>=3.8,<4",     # `tfrec-proxy report` plots
+        "fastapi==0.165.0",       # `tfrec-proxy serve`: TF Serving's REST API
+        "uvicorn==0.54.0",
     ],
     extras_require={"test": ["pytest>=8,<10",
+                             "httpx==0.28.1",  # real HTTP requests to a served run
                              "hypothesis==6.170.17"]},  # property tests of the input paths
     entry_points={"console_scripts": ["tfrec-proxy=tfrec_proxy.cli:main"]},
 )
