@@ -156,7 +156,10 @@ def test_choices_agree_with_the_library():
 
     from tfrec_proxy.objectives import OBJECTIVES, SAMPLERS
 
-    assert cli_parser.LOSSES == LOSSES + OBJECTIVES and cli_parser.SAMPLERS == SAMPLERS
+    from tfrec_proxy.felrec_losses import FELREC_LOSSES
+
+    assert cli_parser.LOSSES == LOSSES + OBJECTIVES + FELREC_LOSSES
+    assert cli_parser.SAMPLERS == SAMPLERS
     assert cli_parser.ITEM_NORMS == ITEM_NORM_MODES
     # The CLI offers the built-in names (tests may register more).
     assert set(cli_parser.EXTRACTIONS) <= set(EXTRACTIONS.names())
@@ -166,9 +169,18 @@ def test_choices_agree_with_the_library():
     assert set(cli_parser.ITEM_TOWERS) == {"id", "pir", "shared"} <= set(ITEM_TOWERS.names())
     from tfrec_proxy.registry import ENCODERS
     assert set(cli_parser.ENCODERS) == {"self-attention", "sasrec", "ram", "ram-u",
-                                        "proxysr", "proxysr-user"} <= set(ENCODERS.names())
+                                        "proxysr", "proxysr-user",
+                                        "felrec"} <= set(ENCODERS.names())
     from tfrec_proxy.data.prepare import SPLITS
     assert cli_parser.SPLITS == SPLITS
+    from tfrec_proxy.data.felrec_data import TIME_ORDERS
+    from tfrec_proxy.data.synthetic_timeline import TIMELINES
+    from tfrec_proxy.felrec_training import LR_SCHEDULES, OPTIMIZERS
+    from tfrec_proxy.layers.felrec import NORMALIZATIONS
+    assert cli_parser.TIME_ORDERS == TIME_ORDERS and cli_parser.TIMELINES == TIMELINES
+    assert cli_parser.FELREC_OPTIMIZERS == OPTIMIZERS
+    assert cli_parser.FELREC_SCHEDULES == LR_SCHEDULES
+    assert cli_parser.FELREC_NORMALIZATIONS == NORMALIZATIONS
 
 
 def test_method_flags_set_the_config_fields():

@@ -25,6 +25,7 @@ from tfrec_proxy.version import __version__  # noqa: E402  (after the environmen
 # Public name -> the module that defines it (imported on first access).
 _LAZY: Dict[str, str] = {
     "DataConfig": "tfrec_proxy.config",
+    "FELRecConfig": "tfrec_proxy.config",
     "ExportConfig": "tfrec_proxy.config",
     "ModelConfig": "tfrec_proxy.config",
     "RunConfig": "tfrec_proxy.config",
@@ -57,6 +58,10 @@ _LAZY: Dict[str, str] = {
     "evaluate_run": "tfrec_proxy.evaluation",
     "export_run": "tfrec_proxy.export",
     "Run": "tfrec_proxy.serving",
+    "FELRecModel": "tfrec_proxy.felrec",
+    "FELRecRun": "tfrec_proxy.felrec_serving",
+    "prepare_chronological": "tfrec_proxy.data.felrec_data",
+    "update_cache": "tfrec_proxy.felrec_export",
     "load_run": "tfrec_proxy.serving",
     "recommend": "tfrec_proxy.serving",
 }

@@ -23,6 +23,17 @@ class SyntheticConfig:
     cluster (`attribute_noise` the noise scale), for attribute-aware item towers.
     `session_length` is the mean session length of `DataConfig.source =
     "synthetic-sessions"` (each user's clicks cut into sessions, `to_sessions`).
+
+    The clock (`tfrec_proxy.data.synthetic_timeline`): `timeline="per-user"` keeps
+    the generator's `timestamp` (the click's position in its user's sequence, so
+    every user starts at 0); `"interleaved"` puts every user on one global clock in
+    [0, 1): a user arrives at a uniform time in `[0, 1 - activity_span)` and spreads
+    its clicks over the next `activity_span` of the clock, a share `late_users` of
+    the users arrives in the last fifth of the clock (new users of a chronological
+    split), and a share `late_items` of the items is released in the last fifth
+    (clicks on them before their release go to another item of the same cluster:
+    new items). `"auto"` is `"interleaved"` for `DataConfig.split = "chronological"`
+    (FELRec), `"per-user"` otherwise (so other runs see the same data as before).
     """
 
     num_users: int = 2000
@@ -39,6 +50,10 @@ class SyntheticConfig:
     attribute_dim: int = 0
     attribute_noise: float = 0.5
     session_length: int = 8
+    timeline: str = "auto"
+    activity_span: float = 0.5
+    late_users: float = 0.0
+    late_items: float = 0.0
 
 
 @dataclasses.dataclass
@@ -87,7 +102,18 @@ class DataConfig:
             `max_len`, each chunk's last two items held out) or `"per-user"` (the
             SASRec protocol, RAM §6.3: one sequence per user, its last item test,
             second last validation, training on the `max_len` items before them;
-            older items are not trained on).
+            older items are not trained on), or `"chronological"` (FELRec's
+            protocol, Weimann & Conrad §3.1: every interaction on one time line,
+            the first 80% train, the next 10% validation, the last 10% test,
+            `tfrec_proxy.data.chronological`; only with `ModelConfig.encoder =
+            "felrec"`).
+        time_order: How `split="chronological"` orders the interactions:
+            `"timestamp"` (the time column), `"round-robin"` (each user's k-th
+            interaction before any user's (k+1)-th, users in order of first
+            appearance: for files without timestamps, e.g. SASRec's ml-1m.txt,
+            whose line order only orders each user's own interactions; not the
+            paper's protocol) or `"auto"` (round-robin for SASRec-format files and
+            `time_column=None`, else the timestamps).
     """
 
     source: str = "synthetic"
@@ -105,6 +131,62 @@ class DataConfig:
     cold_seed: int = 0
     split: str = "chunked"
     min_item_count: int = 5
+    time_order: str = "auto"
+
+
+@dataclasses.dataclass
+class FELRecConfig:
+    """FELRec (Weimann & Conrad, "Forget embedding layers"): sizes and training.
+
+    Defaults are the paper's (§2.3, §2.5, §2.6): N = 3 encoder layers, d = 128,
+    d_ff = 256, h = 4 heads, dropout 0.1, queue K = 8192, tau = 0.07, histories of
+    the 64 most recent entities, SGD (momentum 0.9, base learning rate
+    `TrainConfig.learning_rate`, 0.01 in the paper) with a cosine schedule after
+    10 warm-up epochs, gradients clipped to [-1, 1] (reference code). The variant
+    is `ModelConfig.loss`: `"infonce"` (FELRec-Q) or `"byol"` (FELRec-P). The paper
+    trains 100 epochs with batches of 1024 (`TrainConfig.epochs`, `batch_size`).
+
+    Attributes:
+        dim: Model width d (also the cached representation size).
+        num_layers: Transformer encoder layers N.
+        num_heads: Attention heads h.
+        ff_dim: Feed-forward width d_ff.
+        dropout: P_drop.
+        queue_size: FELRec-Q's queue length K.
+        temperature: FELRec-Q's tau.
+        history_len: L, the most recent items of a user (users of an item) encoded.
+        share_heads: One projection (and prediction) MLP for users and items (the
+            paper's -shareMLP ablation).
+        normalization: `"batch"` (paper) or `"layer"` in the MLPs (-LN ablation).
+        optimizer: `"sgd"` (paper, momentum 0.9) or `"adam"`.
+        lr_schedule: `"cosine"` (per epoch: linear warm-up from 1e-7 for
+            `warmup_epochs`, then cosine decay to 1e-7, as the reference code) or
+            `"constant"`.
+        warmup_epochs: Warm-up epochs of the cosine schedule (at most epochs - 1).
+        eval_negatives: Sampled negatives per interaction for HR@k (paper: 100).
+        hr_k: k of HR@k (paper: 10).
+        eval_reset: Also evaluate the paper's "reset" mode (§4.4, FELRec-Q-reset):
+            after training the cache is cleared and the trained encoder recomputes
+            every representation from scratch over the training and validation
+            interactions before the test interactions (metrics `reset/...`).
+    """
+
+    dim: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    ff_dim: int = 256
+    dropout: float = 0.1
+    queue_size: int = 8192
+    temperature: float = 0.07
+    history_len: int = 64
+    share_heads: bool = False
+    normalization: str = "batch"
+    optimizer: str = "sgd"
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 10
+    eval_negatives: int = 100
+    hr_k: int = 10
+    eval_reset: bool = False
 
 
 @dataclasses.dataclass
@@ -126,6 +208,9 @@ class ModelConfig:
             `"self-attention"` (IDW §4.4), `"sasrec"` (Kang & McAuley), `"ram"`
             (RAM: reused item representations + user embedding, eq. 5) or
             `"ram-u"` (RAM without it); `num_layers` is the number of blocks.
+            `"felrec"`: FELRec's cache-based towers (no embedding tables), trained
+            by `tfrec_proxy.felrec_training` with the `felrec` settings and
+            `loss="infonce"` / `"byol"` on `DataConfig.split="chronological"`.
         item_tower: Registered item tower (`tfrec_proxy.registry.ITEM_TOWERS`):
             `"id"` (id embedding + MLP) or `"pir"` (PIR proxy-based item
             representation from the run's item features, eqs. 11-18).
@@ -156,6 +241,8 @@ class ModelConfig:
             (`sampled_negatives` negatives per step by `negative_sampler`, logQ);
             `"margin"`: ProxySR's hinge loss (eq. 8) over `sampled_negatives`
             uniform negatives per target, distance = -score.
+            FELRec's (`encoder="felrec"` only): `"infonce"` (FELRec-Q, eqs. 1-2,
+            symmetric InfoNCE against queues) or `"byol"` (FELRec-P, eqs. 3-4).
         focal_gamma: gamma of `loss="focal"`.
         sampled_negatives: Negatives per step of `loss="sampled-softmax"` (per
             target for `loss="margin"`).
@@ -180,6 +267,7 @@ class ModelConfig:
         logq_correction: Subtract log p(item) from in-batch logits.
         remove_accidental_hits: Mask in-batch negatives equal to the positive.
         temperature: Optional logit temperature.
+        felrec: FELRec's settings (`encoder="felrec"`; paper defaults).
     """
 
     kind: str = "two_tower"
@@ -212,6 +300,7 @@ class ModelConfig:
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     temperature: Optional[float] = None
+    felrec: FELRecConfig = dataclasses.field(default_factory=FELRecConfig)
 
 
 @dataclasses.dataclass

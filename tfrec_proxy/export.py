@@ -109,6 +109,10 @@ def reexport_run(run_dir: Union[str, Path], target: Optional[Union[str, Path]] =
 
     run_dir = Path(run_dir)
     target = Path(target) if target is not None else run_dir
+    if (run_dir / "cache.npz").exists():  # a FELRec run: weights + cache
+        from tfrec_proxy.felrec_export import reexport_felrec_run
+
+        return reexport_felrec_run(run_dir, target, max_k=max_k)
     model, vocab, config = restore_model(run_dir)
     if max_k is not None:
         config.export.max_k = max_k

@@ -22,6 +22,22 @@ import numpy as np
 
 from tfrec_proxy._tf import tf
 
+# `ModelConfig.loss` names of the two variants (`--loss infonce` / `--loss byol`).
+LOSS_VARIANTS = {"infonce": "q", "byol": "p"}
+FELREC_LOSSES = tuple(LOSS_VARIANTS)
+
+
+def loss_variant(loss: str) -> str:
+    """The FELRecModel variant of a loss name: `"infonce"` -> "q", `"byol"` -> "p".
+
+    Raises:
+        ValueError: any other name.
+    """
+    if loss not in LOSS_VARIANTS:
+        raise ValueError(f"--encoder felrec trains with --loss infonce (FELRec-Q, eqs. 1-2) "
+                         f"or --loss byol (FELRec-P, eqs. 3-4); got loss {loss!r}.")
+    return LOSS_VARIANTS[loss]
+
 
 def _as_float(x: Any, name: str) -> tf.Tensor:
     x = tf.convert_to_tensor(x)

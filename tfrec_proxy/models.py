@@ -21,6 +21,7 @@ import numpy as np
 
 from tfrec_proxy._tf import tf, tfrs
 from tfrec_proxy.config import ModelConfig
+from tfrec_proxy.felrec_losses import FELREC_LOSSES
 from tfrec_proxy.layers.encoders import SelfAttentionEncoder
 from tfrec_proxy.layers.item_norm import ITEM_NORM_MODES, ItemNormalization
 from tfrec_proxy.layers.towers import HISTORY, ITEM_ID, ItemTower, QueryTower
@@ -370,9 +371,14 @@ def check_model_config(config: ModelConfig) -> Any:
             or config.num_interests < 1:
         raise ValueError(f"num_interests (M) must be an integer >= 1, got "
                          f"{config.num_interests!r}.")
-    if config.loss not in LOSSES + OBJECTIVES:
+    if config.loss not in LOSSES + OBJECTIVES + FELREC_LOSSES:
         raise ValueError(f"Unknown loss {config.loss!r}; expected one of "
-                         f"{LOSSES + OBJECTIVES}.")
+                         f"{LOSSES + OBJECTIVES + FELREC_LOSSES}.")
+    if (config.loss in FELREC_LOSSES) != (config.encoder == "felrec"):
+        raise ValueError(f"loss {config.loss!r} with encoder {config.encoder!r}: FELRec's "
+                         f"losses {FELREC_LOSSES} go with --encoder felrec, and --encoder "
+                         "felrec trains with one of them (infonce: FELRec-Q, byol: "
+                         "FELRec-P).")
     if config.negative_sampler not in SAMPLERS:
         raise ValueError(f"Unknown negative_sampler {config.negative_sampler!r}; expected "
                          f"one of {SAMPLERS}.")

@@ -38,6 +38,7 @@ BUILTIN_MODULES: Tuple[str, ...] = (
     "tfrec_proxy.layers.sasrec",  # encoder "sasrec", item tower "shared"
     "tfrec_proxy.layers.ram",  # encoders "ram", "ram-u"
     "tfrec_proxy.layers.proxysr",  # scorer "proxysr" (ProxySR eq. 7)
+    "tfrec_proxy.layers.felrec",  # encoder "felrec" (trained by felrec_training)
     "tfrec_proxy.weighting.baselines",  # weightings "none", "frequency"
     "tfrec_proxy.weighting.idw",  # weighting "idw"
 )
@@ -174,7 +175,9 @@ ITEM_TOWERS = Registry("item tower")
 # instead of the encoder's own table, or None); metadata `user_embedding=True` adds a
 # per-user embedding to the query tower (RAM); `query_tower=True`: the builder returns
 # the whole query tower (ProxySR), `scorer=NAME` its scorer under `--scorer auto`;
-# `unit_ball_items=True` keeps the `"shared"` item table in the unit ball (ProxySR).
+# `unit_ball_items=True` keeps the `"shared"` item table in the unit ball (ProxySR);
+# `trainer=MODULE`: the encoder is a whole method with its own training path
+# (`MODULE.train`, FELRec's cache-based towers), which `training.train` dispatches to.
 ENCODERS = Registry("encoder")
 # `(RunConfig) -> [Phase, ...]`: the training schedule of a loss weighting.
 WEIGHTINGS = Registry("weighting")

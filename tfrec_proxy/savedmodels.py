@@ -142,7 +142,8 @@ class RetrievalModule(tf.Module):
     """Raw histories (+ context) and k -> top-k raw item ids and exact scores.
 
     Args:
-        query: The run's `QueryModule`.
+        query: The run's `QueryModule` (or any module with `embed`, `scorer` and
+            either `query_tower` or `input_specs`, e.g. FELRec's cache lookup).
         index: `ScorerBruteForce` (exact, identifiers = raw ids) or TFRS `ScaNN`
             (identifiers = candidate positions; its hits are re-scored exactly).
         candidate_ids: `[N]` raw ids by candidate position.
@@ -164,7 +165,8 @@ class RetrievalModule(tf.Module):
             self.candidate_ids = tf.Variable(candidate_ids, trainable=False, name="ids")
             self.candidate_embeddings = tf.Variable(candidate_embeddings, trainable=False,
                                                     name="embeddings")
-        specs = query_input_specs(query.query_tower)
+        # A query module may declare its own inputs (FELRec's: a user id, no history).
+        specs = getattr(query, "input_specs", None) or query_input_specs(query.query_tower)
         self.retrieve = tf.function(self._retrieve, input_signature=[
             specs, tf.TensorSpec([], tf.int32, name="k")])
 

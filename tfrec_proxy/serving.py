@@ -376,9 +376,16 @@ class Run:
 def load_run(run_dir: Union[str, Path]) -> Run:
     """Loads a run folder (any run kind) written by `export_run`.
 
+    A FELRec run (manifest `model_kind` "felrec") loads as a
+    `tfrec_proxy.felrec_serving.FELRecRun`, queried by user id (`recommend_users`).
+
     Raises:
         RunFormatError: the folder is missing, incomplete or of an unknown format.
     """
+    if read_manifest(run_dir).get("model_kind") == "felrec":
+        from tfrec_proxy.felrec_serving import FELRecRun
+
+        return FELRecRun(run_dir)
     return Run(run_dir)
 
 

@@ -11,6 +11,7 @@ phase, frequency-balanced weights, or IDW's pre-train / sleep-wake / calibration
 
 import dataclasses
 import datetime
+import importlib
 import json
 import math
 import tempfile
@@ -184,12 +185,24 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
             `config.train.weighting` (for `"none"` one phase of `config.train.epochs`).
             Giving phases with a weighting other than `"none"` is an error.
 
+    An encoder registered with a `trainer` module (`--encoder felrec`) is trained by
+    that module's `train` instead (`tfrec_proxy.felrec_training.train`).
+
     Returns:
         A `TrainResult`; `history` concatenates the phases' epochs, `phases` lists
         `{"name", "epochs", "seconds"}` in order (and the phase's callback
         summaries, e.g. IDW's iterations).
     """
     config = config or RunConfig()
+    trainer = ENCODERS.get(config.model.encoder).metadata.get("trainer")
+    if trainer is not None:  # a method with its own training path (FELRec)
+        if data is not None or phases is not None:
+            raise ValueError(f"encoder {config.model.encoder!r} trains through "
+                             f"{trainer}; it takes neither data= nor phases=.")
+        check_model_config(config.model)
+        return importlib.import_module(trainer).train(
+            config, output_dir=output_dir, run_name=run_name, export=export,
+            verbose=verbose, interactions=interactions, callbacks=callbacks)
     check_model_config(config.model)
     check_train_config(config.train)
     if phases is not None:

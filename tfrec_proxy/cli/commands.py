@@ -84,6 +84,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     data_config = run.config.data
     if args.data_path:
         data_config = dataclasses.replace(data_config, source="file", path=args.data_path)
+    if run.model_kind == "felrec":
+        # FELRec: representations recomputed from an empty cache by the trained
+        # encoder (§4.4): the reset mode on the run's data, zero-shot on another.
+        from tfrec_proxy.felrec_training import zero_shot
+
+        print(format_metrics(zero_shot(
+            run.path, data_config, split=args.split,
+            prefix="zero_shot/" if args.data_path else "reset/")))
+        return 0
     data = prepare_data(data_config)
     train_config = run.config.train
     metrics = evaluate_run(run, data, split=args.split, ks=train_config.eval_ks,
@@ -121,7 +130,33 @@ def _run_add_items(args: argparse.Namespace) -> int:
 UNKNOWN_USER = -1  # `recommend` without --user on a run with a user embedding: u = 0
 
 
+def _recommend_users(args: argparse.Namespace) -> int:
+    """`recommend --run DIR --user ID` for a FELRec run: the user's cached vector."""
+    from tfrec_proxy.serving import load_run
+
+    _quiet_absl()
+    run = load_run(args.run)
+    if run.model_kind != "felrec":
+        raise ValueError(f"--user {args.user} alone needs a FELRec run (--encoder felrec); "
+                         f"{str(args.run)!r} is of kind {run.model_kind!r}: give --history "
+                         "or --histories.")
+    index = args.index or run.default_index
+    ids, scores = run.recommend_users([args.user], k=args.k, index=index,
+                                      exclude_seen=args.exclude_seen)
+    unknown = bool(run.unknown_users([args.user]))
+    if unknown:
+        warnings.warn(f"user {args.user} is not in the run's cache; it gets the "
+                      "empty-history representation (FELRec's cold-start vector)",
+                      UserWarning)
+    print(json.dumps({"user": args.user, "known_user": not unknown, "k": args.k,
+                      "index": index, "items": [int(item) for item in ids[0]],
+                      "scores": [round(float(score), 6) for score in scores[0]]}))
+    return 0
+
+
 def _run_recommend(args: argparse.Namespace) -> int:
+    if args.history is None and args.histories is None:
+        return _recommend_users(args)
     # Read the input before loading the run, so a bad file fails in milliseconds.
     if args.history is not None:
         entries: List[Tuple[Optional[int], List[int]]] = [(None, args.history)]
@@ -135,6 +170,9 @@ def _run_recommend(args: argparse.Namespace) -> int:
 
     _quiet_absl()
     run = load_run(args.run)
+    if run.model_kind == "felrec":
+        raise ValueError(f"{str(args.run)!r} is a FELRec run, queried by user: "
+                         "tfrec-proxy recommend --run DIR --user ID.")
     index = args.index or run.default_index
     histories = [history for _, history in entries]
     try:  # every check before the first output line

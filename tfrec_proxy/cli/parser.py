@@ -30,14 +30,20 @@ FILE_FORMATS = ("auto", "movielens", "sasrec", "csv", "tsv", "parquet")  # data.
 EXTRACTIONS = ("last", "mean", "mur")  # registry.EXTRACTIONS (built-in names)
 SCORERS = ("auto", "dot", "mur")  # registry.SCORERS (built-in names) and "auto"
 LOSSES = ("softmax", "focal", "qmargin",  # tasks.LOSSES + objectives.OBJECTIVES
-          "bce", "full-softmax", "sampled-softmax", "margin")
+          "bce", "full-softmax", "sampled-softmax", "margin",
+          "infonce", "byol")  # + felrec_losses.FELREC_LOSSES
 SAMPLERS = ("uniform", "popularity")  # objectives.SAMPLERS
 ITEM_NORMS = ("none", "train", "posthoc")  # layers.item_norm.ITEM_NORM_MODES
 WEIGHTINGS = ("none", "frequency", "idw")  # registry.WEIGHTINGS (built-in names)
 ITEM_TOWERS = ("id", "pir", "shared")  # registry.ITEM_TOWERS (built-in names)
 ENCODERS = ("self-attention", "sasrec", "ram", "ram-u",  # registry.ENCODERS
-            "proxysr", "proxysr-user")
-SPLITS = ("chunked", "per-user")  # data.prepare.SPLITS
+            "proxysr", "proxysr-user", "felrec")
+SPLITS = ("chunked", "per-user", "chronological")  # data.prepare.SPLITS
+TIME_ORDERS = ("auto", "timestamp", "round-robin")  # data.felrec_data.TIME_ORDERS
+TIMELINES = ("auto", "per-user", "interleaved")  # data.synthetic_timeline.TIMELINES
+FELREC_OPTIMIZERS = ("sgd", "adam")  # felrec_training.OPTIMIZERS
+FELREC_SCHEDULES = ("cosine", "constant")  # felrec_training.LR_SCHEDULES
+FELREC_NORMALIZATIONS = ("batch", "layer")  # layers.felrec.NORMALIZATIONS
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -137,8 +143,25 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "fewer times (ProxySR: 5)", type=positive_int),
     ConfigFlag("--split", "data.split", "chunked: sequences cut at --max-len, each chunk's "
                "last two items held out (IDW); per-user: one sequence per user, last item "
-               "test, second last validation, the --max-len before them trained (SASRec)",
-               choices=SPLITS),
+               "test, second last validation, the --max-len before them trained (SASRec); "
+               "chronological: one time line, first 80%% train, next 10%% validation, "
+               "last 10%% test (FELRec, --encoder felrec)", choices=SPLITS),
+    ConfigFlag("--time-order", "data.time_order", "--split chronological: order by the "
+               "timestamps, or round-robin (every user's k-th interaction before any "
+               "user's (k+1)-th; for files without timestamps such as ml-1m.txt; not the "
+               "FELRec paper's protocol); auto: round-robin for SASRec-format files",
+               choices=TIME_ORDERS),
+    ConfigFlag("--timeline", "data.synthetic.timeline", "synthetic clock: per-user "
+               "positions, or one interleaved clock (auto: interleaved for --split "
+               "chronological)", choices=TIMELINES),
+    ConfigFlag("--activity-span", "data.synthetic.activity_span", "interleaved clock: share "
+               "of the clock a user's clicks span",
+               type=_number(float, "a number in (0, 1)", lambda value: 0 < value < 1)),
+    ConfigFlag("--late-users", "data.synthetic.late_users", "interleaved clock: share of "
+               "the users arriving in its last fifth (new users of a chronological split)",
+               type=unit_interval),
+    ConfigFlag("--late-items", "data.synthetic.late_items", "interleaved clock: share of "
+               "the items released in its last fifth (new items)", type=unit_interval),
     ConfigFlag("--item-features", "data.item_features", "item attribute table (CSV/TSV/"
                "Parquet, one row per item) for --item-tower pir (default: <data file>"
                ".items.tsv beside the interactions when present, e.g. ML-1M's genres)"),
@@ -211,6 +234,39 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "rarest item's), in logits", type=positive_float),
     ConfigFlag("--item-norm", "model.item_norm", "L2-normalise item vectors: never, in "
                "training and serving, or post hoc (serving only)", choices=ITEM_NORMS),
+    # FELRec (--encoder felrec; paper defaults).
+    ConfigFlag("--felrec-dim", "model.felrec.dim", "FELRec model width d (cached vector "
+               "size)", type=positive_int),
+    ConfigFlag("--felrec-layers", "model.felrec.num_layers", "FELRec Transformer encoder "
+               "layers N", type=positive_int),
+    ConfigFlag("--felrec-heads", "model.felrec.num_heads", "FELRec attention heads h",
+               type=positive_int),
+    ConfigFlag("--felrec-ff-dim", "model.felrec.ff_dim", "FELRec feed-forward width d_ff",
+               type=positive_int),
+    ConfigFlag("--felrec-dropout", "model.felrec.dropout", "FELRec dropout P_drop",
+               type=unit_interval),
+    ConfigFlag("--queue-size", "model.felrec.queue_size", "FELRec-Q (--loss infonce) queue "
+               "length K", type=positive_int),
+    ConfigFlag("--felrec-temperature", "model.felrec.temperature", "FELRec-Q temperature "
+               "tau", type=positive_float),
+    ConfigFlag("--history-len", "model.felrec.history_len", "FELRec: most recent items of "
+               "a user / users of an item encoded", type=positive_int),
+    ConfigFlag("--felrec-normalization", "model.felrec.normalization", "FELRec MLP "
+               "normalisation (layer: the paper's -LN ablation)",
+               choices=FELREC_NORMALIZATIONS),
+    ConfigFlag("--share-heads", "model.felrec.share_heads", "FELRec: one projection MLP for "
+               "users and items (-shareMLP ablation)", const=True),
+    ConfigFlag("--felrec-optimizer", "model.felrec.optimizer", "FELRec optimizer: SGD "
+               "(momentum 0.9, paper) or Adam; base rate --learning-rate",
+               choices=FELREC_OPTIMIZERS),
+    ConfigFlag("--felrec-lr-schedule", "model.felrec.lr_schedule", "FELRec learning-rate "
+               "schedule per epoch: warm-up then cosine decay (paper), or constant",
+               choices=FELREC_SCHEDULES),
+    ConfigFlag("--warmup-epochs", "model.felrec.warmup_epochs", "FELRec warm-up epochs of "
+               "the cosine schedule (at most --epochs - 1)", type=non_negative_int),
+    ConfigFlag("--felrec-eval-reset", "model.felrec.eval_reset", "FELRec: also evaluate the "
+               "paper's reset mode (cache cleared, representations recomputed from "
+               "scratch; metrics reset/...)", const=True),
     # Training.
     ConfigFlag("--epochs", "train.epochs", "maximum training epochs", type=positive_int),
     ConfigFlag("--batch-size", "train.batch_size", "training targets per replica per step",
@@ -385,7 +441,7 @@ def build_parser() -> ArgumentParser:
 
 def _add_recommend(recommend: ArgumentParser) -> None:
     recommend.add_argument("--run", required=True, type=Path, help="run folder")
-    source = recommend.add_mutually_exclusive_group(required=True)
+    source = recommend.add_mutually_exclusive_group()  # one of them, or --user (FELRec)
     source.add_argument("--history", type=parse_history,
                         help="comma-separated raw item ids, oldest first, e.g. 3,17,42 "
                         "(write --history=-5,3 when the first id is negative)")
@@ -396,7 +452,9 @@ def _add_recommend(recommend: ArgumentParser) -> None:
     recommend.add_argument("-k", type=positive_int, default=10, help="items per history")
     recommend.add_argument("--user", type=int, help="raw user id of the histories, for runs "
                            "with a user embedding (--encoder ram; default: an unknown user, "
-                           "whose embedding is zero)")
+                           "whose embedding is zero); alone, the user to recommend for in "
+                           "a FELRec run (--encoder felrec: its cached vector; unknown "
+                           "users get the empty-history vector)")
     recommend.add_argument("--index", choices=INDEXES,
                            help="retrieval index (default: scann when the run has it, "
                            "else brute_force)")
@@ -411,7 +469,13 @@ def _add_recommend(recommend: ArgumentParser) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parses `argv` (default `sys.argv[1:]`); usage errors exit with status 2."""
-    return build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "recommend" and args.history is None and args.histories is None \
+            and args.user is None:
+        parser.error("recommend: one of the arguments --history --histories is required "
+                     "(or --user ID alone for a FELRec run)")
+    return args
 
 
 __all__: List[str] = ["CONFIG_FLAGS", "ConfigFlag", "add_config_flags", "build_parser",

@@ -220,6 +220,23 @@ def load_interactions(path: Union[str, pathlib.Path], file_format: str = "auto",
     return frame, report
 
 
+def resolved_format(path: Union[str, pathlib.Path], file_format: str = "auto") -> str:
+    """The format `load_interactions(path, file_format)` reads the file in: one of
+    `FILE_FORMATS` less `"auto"` (for text files decided by the first non-blank line).
+
+    Raises:
+        FileNotFoundError, ValueError: as `load_interactions` for a missing file or an
+            unknown format.
+    """
+    file = _resolve(path, file_format)
+    chosen = _format_of(file, file_format)
+    if chosen is not None:
+        return chosen
+    with open(file, encoding="latin-1") as lines:
+        first = next((line for line in lines if line.strip()), "")
+    return _text_format(file, first) if first else "sasrec"
+
+
 def default_data_dir() -> Optional[pathlib.Path]:
     """The shared data folder `<repo root>/../shared/data`, or None if it is absent.
 

@@ -26,11 +26,12 @@ from tfrec_proxy.data.sequences import (SequenceSplit, group_sequences, per_user
                                         sampling_probabilities, split_long_sequences,
                                         user_item_sets)
 from tfrec_proxy.data.synthetic import SyntheticData, generate_long_tail, to_sessions
+from tfrec_proxy.data.synthetic_timeline import interleave_timeline, resolve_timeline
 from tfrec_proxy.data.tables import select_columns
 from tfrec_proxy.data.vocab import Vocabulary
 
 DATA_SOURCES = ("synthetic", "file", "dataframe", "sessions", "synthetic-sessions")
-SPLITS = ("chunked", "per-user")
+SPLITS = ("chunked", "per-user", "chronological")
 DIGINETICA_SAMPLE = "diginetica-sample/sample_train-item-views.csv"
 CHUNKS = ("all", "last")
 
@@ -151,6 +152,12 @@ def prepare_data(config: DataConfig,
                          "(validation and test targets each need a history).")
     if config.split not in SPLITS:
         raise ValueError(f"Unknown split {config.split!r}; expected one of {list(SPLITS)}.")
+    if config.split == "chronological":
+        raise ValueError("DataConfig.split='chronological' is FELRec's protocol (one time "
+                         "line, 80/10/10); it is prepared by "
+                         "tfrec_proxy.data.felrec_data.prepare_chronological for "
+                         "ModelConfig.encoder='felrec' (--encoder felrec), not by "
+                         "prepare_data.")
     if config.source not in DATA_SOURCES:
         raise ValueError(f"Unknown data source {config.source!r}; expected one of "
                          f"{DATA_SOURCES}.")
@@ -170,7 +177,7 @@ def prepare_data(config: DataConfig,
     clusters_by_id = None
     synthetic = None
     if config.source == "synthetic":
-        synthetic = generate_long_tail(**generator_arguments(config))
+        synthetic = generate_synthetic(config)
         interactions = synthetic.interactions
         clusters_by_id = synthetic
     elif config.source == "dataframe":
@@ -234,12 +241,34 @@ def session_data_path(path: Optional[str]) -> Path:
     return sample
 
 
+CLOCK_FIELDS = ("timeline", "activity_span", "late_users", "late_items")
+
+
 def generator_arguments(config: DataConfig) -> Dict[str, Any]:
     """`generate_long_tail`'s arguments from `config.synthetic` (less the session mode's
-    `session_length`)."""
+    `session_length` and the clock's settings, `CLOCK_FIELDS`)."""
     arguments = dataclasses.asdict(config.synthetic)
-    arguments.pop("session_length")
+    for name in ("session_length",) + CLOCK_FIELDS:
+        arguments.pop(name)
     return arguments
+
+
+def generate_synthetic(config: DataConfig) -> SyntheticData:
+    """The synthetic clicks of `config`, on the clock `config.synthetic.timeline`
+    resolves to (`tfrec_proxy.data.synthetic_timeline`; per-user positions unless
+    interleaved)."""
+    synthetic = config.synthetic
+    timeline = resolve_timeline(synthetic.timeline, config.split)
+    if timeline == "per-user" and (synthetic.late_users or synthetic.late_items):
+        raise ValueError(f"synthetic late_users={synthetic.late_users} / late_items="
+                         f"{synthetic.late_items} need the interleaved clock; got timeline "
+                         f"{synthetic.timeline!r} (per-user positions) for split "
+                         f"{config.split!r}: set timeline='interleaved' (--timeline).")
+    data = generate_long_tail(**generator_arguments(config))
+    if timeline == "interleaved":
+        data = interleave_timeline(data, synthetic.activity_span, synthetic.late_users,
+                                   synthetic.late_items, synthetic.seed)
+    return data
 
 
 def prepare_sessions(config: DataConfig) -> PreparedData:

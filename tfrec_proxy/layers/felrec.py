@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from tfrec_proxy._tf import tf
+from tfrec_proxy.registry import ENCODERS
 
 ITEMS_OF_USER = 0  # sequence_type: the items of a user (its encoding is the user's)
 USERS_OF_ITEM = 1  # sequence_type: the users of an item (its encoding is the item's)
@@ -360,3 +361,13 @@ def prediction_head(dim: int = 128, normalization: str = "batch",
                     **kwargs: Any) -> PredictionHead:
     """FELRec-P's predictor for model width `dim`: hidden 2d, output d / 2."""
     return PredictionHead(2 * dim, max(1, dim // 2), normalization, **kwargs)
+
+
+@ENCODERS.register("felrec", trainer="tfrec_proxy.felrec_training")
+def build_felrec_encoder(config: Any, context: Any, item_encoder: Any) -> None:
+    """FELRec is not a query-tower encoder: its towers read a cache, not embedding
+    tables, so it has its own training path (`tfrec_proxy.felrec_training`), which
+    `tfrec_proxy.training.train` dispatches to for `--encoder felrec`."""
+    raise ValueError("encoder 'felrec' has no two-tower query tower; train it with "
+                     "tfrec_proxy.training.train (which dispatches to "
+                     "tfrec_proxy.felrec_training) rather than build_model.")
