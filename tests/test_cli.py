@@ -53,7 +53,7 @@ def test_every_flag_has_help_and_defaults_are_shown():
     parser = build_parser()
     verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(verbs.choices) == {"train", "config", "evaluate", "export", "add-items",
-                                  "recommend", "report"}
+                                  "recommend", "report", "serve"}
     for name, sub in [("tfrec-proxy", parser), *verbs.choices.items()]:
         for action in sub._actions:
             if action.option_strings:
@@ -504,3 +504,15 @@ def test_train_refuses_an_existing_run_name_before_training(trained_run, capsys)
     code = main(["train", "--output", str(run_dir.parent), "--run-name", run_dir.name])
     assert code == 2
     assert "exists; choose another run name" in capsys.readouterr().err
+
+
+def test_serve_verb_shares_the_server_flags_and_reports_a_bad_run(tmp_path, capsys):
+    from tfrec_proxy.cli.parser import build_parser
+
+    args = build_parser().parse_args(["serve", "--run", str(tmp_path), "--port", "0",
+                                      "--no-batching", "--max-batch-size", "8"])
+    assert (args.command, args.port, args.batching, args.max_batch_size) == \
+        ("serve", 0, False, 8)
+    assert args.host == "127.0.0.1"  # loopback unless told otherwise
+    assert main(["serve", "--run", str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert "error" in capsys.readouterr().err

@@ -245,12 +245,18 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    from tfrec_proxy.server.__main__ import run
+
+    return run(args)
+
+
 HANDLERS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _run_train, "config": _run_config, "evaluate": _run_evaluate,
     "export": _run_export, "add-items": _run_add_items, "recommend": _run_recommend,
-    "report": _run_report,
+    "report": _run_report, "serve": _run_serve,
 }
-_LOADS_TENSORFLOW = ("train", "evaluate", "export", "recommend")
+_LOADS_TENSORFLOW = ("train", "evaluate", "export", "recommend", "serve")
 
 
 def _quiet_tensorflow() -> bool:

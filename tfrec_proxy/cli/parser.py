@@ -432,6 +432,10 @@ def build_parser() -> ArgumentParser:
 
     _add_recommend(verb("recommend", "top-k items for one history or a file of them"))
 
+    from tfrec_proxy.server.__main__ import DESCRIPTION, add_serve_arguments
+
+    add_serve_arguments(verb("serve", DESCRIPTION))
+
     report = verb("report", "plot a run's results as PNG files and print their paths")
     report.add_argument("--run", required=True, type=Path, help="run folder")
     report.add_argument("--output", type=Path,

@@ -9,13 +9,22 @@ import sys
 from typing import List, Optional
 
 
+DESCRIPTION = ("Serve a run folder (or a base path of numbered version folders, DIR/1, "
+               "DIR/2, ...: the highest is served, new ones are picked up) over TF "
+               "Serving's REST API.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The `serve` flags."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tfrec_proxy.server",
-        description="Serve a run folder (or a base path of numbered version folders, "
-                    "DIR/1, DIR/2, ...: the highest is served, new ones are picked up) "
-                    "over TF Serving's REST API.")
+    """The `serve` flags (`python -m tfrec_proxy.server`)."""
+    parser = argparse.ArgumentParser(prog="python -m tfrec_proxy.server",
+                                     description=DESCRIPTION)
+    add_serve_arguments(parser)
+    return parser
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `serve` flags to `parser` (shared with `tfrec-proxy serve`); the
+    module imports neither TensorFlow nor the server stack."""
     parser.add_argument("--run", required=True, metavar="DIR",
                         help="run folder, or base path of numbered version folders")
     parser.add_argument("--host", default="127.0.0.1",
@@ -40,12 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll-interval-s", type=float, default=1.0,
                         help="seconds between checks for new versions (0: never)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
-    return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Parses the flags and serves until interrupted."""
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serves with parsed `add_serve_arguments` flags until interrupted; start-up
+    errors are one line on stderr and status 2."""
     import tfrec_proxy  # noqa: F401  (TensorFlow with Keras 2; before any TF import)
     from tfrec_proxy.server.app import serve
 
