@@ -14,11 +14,15 @@ def test_configs_parse_and_build():
     from tfrec_proxy.models import build_model
 
     paths = sorted((PIPELINES / "configs").glob("*.json"))
-    assert [p.name for p in paths] == ["ml1m_d64.json", "ml1m_idw.json", "ml1m_sasrec.json",
-                                       "ml1m_sur.json", "pir_ml1m.json", "pir_synthetic.json",
-                                       "synthetic_default.json"]
+    assert [p.name for p in paths] == [
+        "felrec_synthetic.json", "ml1m_d64.json", "ml1m_idw.json", "ml1m_sasrec.json",
+        "ml1m_sur.json", "pir_ml1m.json", "pir_synthetic.json", "proxysr_diginetica.json",
+        "proxysr_synthetic.json", "synthetic_default.json"]
     for path in paths:
         config = RunConfig.from_json(path)
+        if config.model.encoder == "felrec":  # its own model (FELRecModel), no item tower
+            assert (config.data.split, config.model.loss) == ("chronological", "infonce")
+            continue
         build_model(config.model, vocab_size=10, max_len=config.data.max_len)
         config.model.item_tower = "pir"  # every config also builds with the PIR tower
         build_model(config.model, vocab_size=10, max_len=config.data.max_len)
