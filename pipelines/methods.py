@@ -22,6 +22,7 @@ Results files are JSON lines, one object per finished run, appended and flushed
 after each run, so an interrupted grid resumes where it stopped (`done_keys`).
 """
 
+import argparse
 import copy
 import hashlib
 import json
@@ -98,12 +99,12 @@ def with_overrides(config: RunConfig, overrides: Mapping[str, Any],
 def run_variant_grid(results: Union[str, Path], base: RunConfig,
                      variants: Mapping[str, Mapping[str, Any]],
                      order: Sequence[Tuple[str, int]],
-                     describe: Any = None) -> None:
+                     describe: Any = None, verbose: int = 0) -> None:
     """Trains every `(variant, seed)` of `order` not yet in `results` (no export),
     on data prepared once from `base`, appending one JSON line per finished run:
     variant (`method`), seed, seconds, config/grid hashes, epochs, phases, trainable
     parameters and every test metric. `describe(metrics) -> str` adds to the
-    progress line."""
+    progress line; `verbose` is Keras `fit`'s (2: one line per epoch)."""
     from tfrec_proxy.data import prepare_data
     from tfrec_proxy.export import parameter_report
     from tfrec_proxy.training import train
@@ -119,7 +120,7 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
     for number, (method, seed) in enumerate(todo, start=1):
         config = with_overrides(base, variants[method], seed)
         started = time.perf_counter()
-        result = train(config, export=False, verbose=0, data=data)
+        result = train(config, export=False, verbose=verbose, data=data)
         seconds = time.perf_counter() - started
         append_result(results, {
             "method": method, "seed": int(seed), "seconds": round(seconds, 2),
@@ -240,3 +241,31 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy scalar or array
         return _jsonable(value.tolist())
     return value
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser, variants: Iterable[str], *,
+                       data_path_help: Optional[str] = None,
+                       default_methods: bool = True) -> None:
+    """The options every `repro_*` grid shares: `--methods` (default all of
+    `variants`, or None with `default_methods=False`), `--seeds` (0 1 2),
+    `--data-path` (when `data_path_help` is given), `--results`, `--quick`,
+    `--summarize`."""
+    names = list(variants)
+    parser.add_argument("--methods", nargs="+", choices=names,
+                        default=names if default_methods else None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    if data_path_help:
+        parser.add_argument("--data-path", help=data_path_help)
+    parser.add_argument("--results", type=Path,
+                        help="JSON-lines results file (default pipelines/results/...)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--summarize", action="store_true",
+                        help="print the table of the results file and stop")
+
+
+def default_results(args: argparse.Namespace, stem: str) -> None:
+    """Sets `args.results` (when not given) to `pipelines/results/<stem>.jsonl`, or
+    `<stem>_quick.jsonl` with `--quick`."""
+    if args.results is None:
+        suffix = "_quick" if args.quick else ""
+        args.results = Path(__file__).resolve().parent / "results" / f"{stem}{suffix}.jsonl"

@@ -62,8 +62,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from methods import (append_result, config_hash, markdown_table, mean,  # noqa: E402
-                     mean_std, open_grid, runs_by_method, with_overrides)
+from methods import (add_grid_arguments, append_result, config_hash,  # noqa: E402
+                     default_results, markdown_table, mean, mean_std, open_grid,
+                     runs_by_method, with_overrides)
 
 HERE = Path(__file__).resolve().parent
 NAME = "felrec_synthetic"
@@ -353,16 +354,9 @@ def summarize(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=HERE / "configs" / f"{NAME}.json")
-    parser.add_argument("--methods", nargs="+", default=list(VARIANTS),
-                        choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--results", type=Path)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--summarize", action="store_true")
+    add_grid_arguments(parser, VARIANTS)
     args = parser.parse_args()
-    if args.results is None:
-        suffix = "_quick" if args.quick else ""
-        args.results = HERE / "results" / f"{NAME}{suffix}.jsonl"
+    default_results(args, NAME)
     summarize(args) if args.summarize else run_grid(args)
 
 

@@ -34,8 +34,8 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from methods import (METHODS, markdown_table, mean, mean_std, runs_by_method,  # noqa: E402
-                     run_variant_grid)
+from methods import (METHODS, add_grid_arguments, default_results,  # noqa: E402
+                     markdown_table, mean, mean_std, runs_by_method, run_variant_grid)
 
 HERE = Path(__file__).resolve().parent
 KEY = ("method", "seed")
@@ -136,17 +136,10 @@ def _plot(args: argparse.Namespace, methods: List[str], values) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("synthetic", "ml1m"), default="synthetic")
-    parser.add_argument("--methods", nargs="+", default=list(VARIANTS),
-                        choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--data-path", help="ML-1M folder (default ../shared/data/ml-1m)")
-    parser.add_argument("--results", type=Path)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--summarize", action="store_true")
+    add_grid_arguments(parser, VARIANTS,
+                       data_path_help="ML-1M folder (default ../shared/data/ml-1m)")
     args = parser.parse_args()
-    if args.results is None:
-        suffix = "_quick" if args.quick else ""
-        args.results = HERE / "results" / f"pir_{args.dataset}{suffix}.jsonl"
+    default_results(args, f"pir_{args.dataset}")
     summarize(args) if args.summarize else run_grid(args)
 
 

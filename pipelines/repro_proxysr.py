@@ -40,7 +40,8 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from methods import markdown_table, mean_std, runs_by_method, run_variant_grid  # noqa: E402
+from methods import (add_grid_arguments, default_results, markdown_table,  # noqa: E402
+                     mean_std, runs_by_method, run_variant_grid)
 
 HERE = Path(__file__).resolve().parent
 _PROXYSR = {"model.encoder": "proxysr", "model.scorer": "auto"}
@@ -95,17 +96,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("diginetica", "synthetic"),
                         default="diginetica")
-    parser.add_argument("--methods", nargs="+", choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--data-path", help="session log (default the shared Diginetica "
-                        "sample)")
-    parser.add_argument("--results", type=Path)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--summarize", action="store_true")
+    add_grid_arguments(parser, VARIANTS, default_methods=False,
+                       data_path_help="session log (default the shared Diginetica sample)")
     args = parser.parse_args()
-    if args.results is None:
-        suffix = "_quick" if args.quick else ""
-        args.results = HERE / "results" / f"proxysr_{args.dataset}{suffix}.jsonl"
+    default_results(args, f"proxysr_{args.dataset}")
     if args.summarize:
         summarize(args)
         return

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tfrec_proxy.cli import build_parser, config_from_args, main, parse_history, read_histories
+from tfrec_proxy.cli import flags as cli_flags
 from tfrec_proxy.cli import parser as cli_parser
 from tfrec_proxy.config import RunConfig
 from tfrec_proxy.version import __version__
@@ -146,10 +147,10 @@ def test_choices_agree_with_the_library():
     from tfrec_proxy.data.prepare import DATA_SOURCES
     from tfrec_proxy.training import EVAL_CHUNKS, STRATEGIES
 
-    assert cli_parser.STRATEGIES == STRATEGIES and cli_parser.EVAL_CHUNKS == EVAL_CHUNKS
+    assert cli_flags.STRATEGIES == STRATEGIES and cli_flags.EVAL_CHUNKS == EVAL_CHUNKS
     # "dataframe" needs a pandas frame handed over in Python: not a CLI source.
-    assert set(cli_parser.DATA_SOURCES) == set(DATA_SOURCES) - {"dataframe"}
-    assert cli_parser.FILE_FORMATS == FILE_FORMATS
+    assert set(cli_flags.DATA_SOURCES) == set(DATA_SOURCES) - {"dataframe"}
+    assert cli_flags.FILE_FORMATS == FILE_FORMATS
     from tfrec_proxy.layers.item_norm import ITEM_NORM_MODES
     from tfrec_proxy.registry import EXTRACTIONS, ITEM_TOWERS, SCORERS, WEIGHTINGS
     from tfrec_proxy.tasks import LOSSES
@@ -158,29 +159,29 @@ def test_choices_agree_with_the_library():
 
     from tfrec_proxy.felrec_losses import FELREC_LOSSES
 
-    assert cli_parser.LOSSES == LOSSES + OBJECTIVES + FELREC_LOSSES
-    assert cli_parser.SAMPLERS == SAMPLERS
-    assert cli_parser.ITEM_NORMS == ITEM_NORM_MODES
+    assert cli_flags.LOSSES == LOSSES + OBJECTIVES + FELREC_LOSSES
+    assert cli_flags.SAMPLERS == SAMPLERS
+    assert cli_flags.ITEM_NORMS == ITEM_NORM_MODES
     # The CLI offers the built-in names (tests may register more).
-    assert set(cli_parser.EXTRACTIONS) <= set(EXTRACTIONS.names())
-    assert {"last", "mean", "mur"} == set(cli_parser.EXTRACTIONS)
-    assert set(cli_parser.SCORERS) - {"auto"} <= set(SCORERS.names())
-    assert set(cli_parser.WEIGHTINGS) == {"none", "frequency", "idw"} <= set(WEIGHTINGS.names())
-    assert set(cli_parser.ITEM_TOWERS) == {"id", "pir", "shared"} <= set(ITEM_TOWERS.names())
+    assert set(cli_flags.EXTRACTIONS) <= set(EXTRACTIONS.names())
+    assert {"last", "mean", "mur"} == set(cli_flags.EXTRACTIONS)
+    assert set(cli_flags.SCORERS) - {"auto"} <= set(SCORERS.names())
+    assert set(cli_flags.WEIGHTINGS) == {"none", "frequency", "idw"} <= set(WEIGHTINGS.names())
+    assert set(cli_flags.ITEM_TOWERS) == {"id", "pir", "shared"} <= set(ITEM_TOWERS.names())
     from tfrec_proxy.registry import ENCODERS
-    assert set(cli_parser.ENCODERS) == {"self-attention", "sasrec", "ram", "ram-u",
+    assert set(cli_flags.ENCODERS) == {"self-attention", "sasrec", "ram", "ram-u",
                                         "proxysr", "proxysr-user",
                                         "felrec"} <= set(ENCODERS.names())
     from tfrec_proxy.data.prepare import SPLITS
-    assert cli_parser.SPLITS == SPLITS
+    assert cli_flags.SPLITS == SPLITS
     from tfrec_proxy.data.felrec_data import TIME_ORDERS
     from tfrec_proxy.data.synthetic_timeline import TIMELINES
     from tfrec_proxy.felrec_training import LR_SCHEDULES, OPTIMIZERS
     from tfrec_proxy.layers.felrec import NORMALIZATIONS
-    assert cli_parser.TIME_ORDERS == TIME_ORDERS and cli_parser.TIMELINES == TIMELINES
-    assert cli_parser.FELREC_OPTIMIZERS == OPTIMIZERS
-    assert cli_parser.FELREC_SCHEDULES == LR_SCHEDULES
-    assert cli_parser.FELREC_NORMALIZATIONS == NORMALIZATIONS
+    assert cli_flags.TIME_ORDERS == TIME_ORDERS and cli_flags.TIMELINES == TIMELINES
+    assert cli_flags.FELREC_OPTIMIZERS == OPTIMIZERS
+    assert cli_flags.FELREC_SCHEDULES == LR_SCHEDULES
+    assert cli_flags.FELREC_NORMALIZATIONS == NORMALIZATIONS
 
 
 def test_method_flags_set_the_config_fields():

@@ -178,3 +178,27 @@ def test_saved_models_check_their_inputs(trained_run):
         retrieve(history=tf.constant([[3]], tf.int64), k=tf.constant(21))
     with pytest.raises(tf.errors.InvalidArgumentError, match="k must be >= 1"):
         retrieve(history=tf.constant([[3]], tf.int64), k=tf.constant(0))
+
+
+def test_scann_is_tuned_to_the_recall_target_on_validation_queries(trained_run):
+    _, run_dir = trained_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    tuning = manifest["scann_tuning"]
+    assert tuning["target_recall"] == 0.95 and tuning["k"] == 10
+    assert tuning["met_target"] and tuning["recall"] >= 0.95
+    assert tuning["candidates_tried"] >= 1 and tuning["tuning_seconds"] > 0
+    # The served index is the tuned one: its settings are the manifest's ScaNN settings.
+    assert manifest["scann"] == tuning["settings"]
+    assert manifest["stock_ops_retrieval"] == "retrieval/brute_force"
+
+
+def test_reexport_keeps_the_tuned_scann_settings(trained_run, tmp_path):
+    from tfrec_proxy.export import reexport_run
+
+    _, run_dir = trained_run
+    before = json.loads((run_dir / "manifest.json").read_text())
+    target = reexport_run(run_dir, tmp_path / "again")
+    after = json.loads((target / "manifest.json").read_text())
+    assert after["scann"] == before["scann"]
+    assert after["scann_tuning"]["reused"] is True
+    assert after["scann_tuning"]["recall"] == before["scann_tuning"]["recall"]

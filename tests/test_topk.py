@@ -279,3 +279,37 @@ def test_bench_retrieval_smoke(tmp_path):
                                                "scann_tuned"]
     assert rows[1]["recall"] == 1.0 and rows[1]["ids_equal_bruteforce"]
     assert results.with_suffix(".png").exists() and "| 3,000 | scann_tuned |" in out.stdout
+
+
+def test_run_brute_force_savedmodel_needs_no_scann_or_tfrec_proxy(trained_run, pir_run,
+                                                                  tmp_path):
+    """A run's exact retrieval model (SUR; MUR + PIR + IDW) is stock TensorFlow ops: a
+    fresh process that never imports scann / tfrec_proxy / TFRS serves it with the
+    same ids as `Run.recommend`."""
+    from tfrec_proxy.serving import load_run
+
+    folders = {"sur": trained_run[1], "mur": pir_run}
+    histories = [[3, 17, 42, -1], [5, 6, 7, 8]]
+    expected = {kind: load_run(folder).recommend([h[:3] if h[-1] < 0 else h
+                                                  for h in histories], k=7,
+                                                 index="brute_force")[0].tolist()
+                for kind, folder in folders.items()}
+    script = textwrap.dedent(f"""
+        import json, sys
+        import tensorflow as tf
+        out = {{}}
+        for kind, folder in {json.dumps({k: str(v) for k, v in folders.items()})}.items():
+            model = tf.saved_model.load(folder + "/retrieval/brute_force")
+            served = model.signatures["serving_default"](
+                history=tf.constant({histories}, tf.int64), k=tf.constant(7))
+            out[kind] = served["ids"].numpy().tolist()
+        out["modules"] = sorted(name for name in sys.modules if name.split(".")[0] in
+                                ("scann", "tfrec_proxy", "tensorflow_recommenders"))
+        print(json.dumps(out))
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    assert child.returncode == 0, child.stderr[-3000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    assert out.pop("modules") == []
+    assert out == expected

@@ -6,11 +6,11 @@ A `RunConfig` is written to `config.json` in every run folder, so a run can be r
 
 import dataclasses
 import json
-import typing
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
-T = TypeVar("T")
+from tfrec_proxy.config_parsing import _from_dict, parse_dataclass  # noqa: F401
+from tfrec_proxy.felrec_config import FELRecConfig  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass
@@ -132,61 +132,6 @@ class DataConfig:
     split: str = "chunked"
     min_item_count: int = 5
     time_order: str = "auto"
-
-
-@dataclasses.dataclass
-class FELRecConfig:
-    """FELRec (Weimann & Conrad, "Forget embedding layers"): sizes and training.
-
-    Defaults are the paper's (§2.3, §2.5, §2.6): N = 3 encoder layers, d = 128,
-    d_ff = 256, h = 4 heads, dropout 0.1, queue K = 8192, tau = 0.07, histories of
-    the 64 most recent entities, SGD (momentum 0.9, base learning rate
-    `TrainConfig.learning_rate`, 0.01 in the paper) with a cosine schedule after
-    10 warm-up epochs, gradients clipped to [-1, 1] (reference code). The variant
-    is `ModelConfig.loss`: `"infonce"` (FELRec-Q) or `"byol"` (FELRec-P). The paper
-    trains 100 epochs with batches of 1024 (`TrainConfig.epochs`, `batch_size`).
-
-    Attributes:
-        dim: Model width d (also the cached representation size).
-        num_layers: Transformer encoder layers N.
-        num_heads: Attention heads h.
-        ff_dim: Feed-forward width d_ff.
-        dropout: P_drop.
-        queue_size: FELRec-Q's queue length K.
-        temperature: FELRec-Q's tau.
-        history_len: L, the most recent items of a user (users of an item) encoded.
-        share_heads: One projection (and prediction) MLP for users and items (the
-            paper's -shareMLP ablation).
-        normalization: `"batch"` (paper) or `"layer"` in the MLPs (-LN ablation).
-        optimizer: `"sgd"` (paper, momentum 0.9) or `"adam"`.
-        lr_schedule: `"cosine"` (per epoch: linear warm-up from 1e-7 for
-            `warmup_epochs`, then cosine decay to 1e-7, as the reference code) or
-            `"constant"`.
-        warmup_epochs: Warm-up epochs of the cosine schedule (at most epochs - 1).
-        eval_negatives: Sampled negatives per interaction for HR@k (paper: 100).
-        hr_k: k of HR@k (paper: 10).
-        eval_reset: Also evaluate the paper's "reset" mode (§4.4, FELRec-Q-reset):
-            after training the cache is cleared and the trained encoder recomputes
-            every representation from scratch over the training and validation
-            interactions before the test interactions (metrics `reset/...`).
-    """
-
-    dim: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    ff_dim: int = 256
-    dropout: float = 0.1
-    queue_size: int = 8192
-    temperature: float = 0.07
-    history_len: int = 64
-    share_heads: bool = False
-    normalization: str = "batch"
-    optimizer: str = "sgd"
-    lr_schedule: str = "cosine"
-    warmup_epochs: int = 10
-    eval_negatives: int = 100
-    hr_k: int = 10
-    eval_reset: bool = False
 
 
 @dataclasses.dataclass
@@ -407,12 +352,24 @@ class ExportConfig:
         scann_leaves_to_search: Partitions searched per query; None picks a tenth
             of the leaves (at least 10, at most all).
         scann_reorder: Candidates re-scored exactly; None picks 4 x max_k.
+        scann_target_recall: Recall@10 (against exact top-k) that the ScaNN settings
+            are tuned to at export, on validation queries
+            (`tfrec_proxy.scann_tuning.tune_scann`); None, or any explicit
+            `scann_*` value above, keeps the size rule instead.
+        scann_tuning_queries: Most validation queries the tuning measures on.
     """
 
     max_k: int = 100
     scann_num_leaves: Optional[int] = None
     scann_leaves_to_search: Optional[int] = None
     scann_reorder: Optional[int] = None
+    scann_target_recall: Optional[float] = 0.95
+    scann_tuning_queries: int = 1000
+
+    def tunes_scann(self) -> bool:
+        """Whether export tunes ScaNN to `scann_target_recall` (no explicit settings)."""
+        explicit = (self.scann_num_leaves, self.scann_leaves_to_search, self.scann_reorder)
+        return self.scann_target_recall is not None and all(v is None for v in explicit)
 
 
 @dataclasses.dataclass
@@ -443,55 +400,3 @@ class RunConfig:
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"Cannot read run config {str(path)!r}: {error}") from error
         return cls.from_dict(values)
-
-
-def parse_dataclass(cls: Type[T], values: Any, where: str) -> T:
-    """Builds dataclass `cls` from a JSON-style dict, checking keys and types.
-
-    Args:
-        cls: The dataclass.
-        values: A dict, possibly partial (defaults fill the rest).
-        where: Config path for messages, e.g. `"config.model.options"`.
-
-    Raises:
-        ValueError: not a dict, unknown keys, or a value of the wrong type.
-    """
-    return _from_dict(cls, values, where)
-
-
-def _from_dict(cls: Type[T], values: Any, where: str) -> T:
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {values!r}.")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}.")
-    return cls(**{name: _typed(value, hints[name], f"{where}.{name}")
-                  for name, value in values.items()})
-
-
-def _typed(value: Any, hint: Any, where: str) -> Any:
-    """Checks a JSON value against a field's type hint; lists become tuples."""
-    if dataclasses.is_dataclass(hint):
-        return _from_dict(hint, value, where)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union:  # Optional[X]
-        if value is None:
-            return None
-        return _typed(value, next(a for a in args if a is not type(None)), where)
-    if origin is dict:  # Dict[str, Any]: free-form options, checked by their owner
-        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
-            raise ValueError(f"{where}: expected an object with string keys, got {value!r}.")
-        return dict(value)
-    if hint is Any:
-        return value
-    if origin is tuple:  # Tuple[X, ...]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}.")
-        return tuple(_typed(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}.")
-    return value

@@ -23,8 +23,8 @@ from tfrec_proxy.run_format import (FORMAT, FORMAT_VERSION, INDEXES, MIN_SCANN_C
                                     read_manifest, write_atomically, write_json)
 from tfrec_proxy.new_items import ADDED_PREFIX, ITEM_MODEL, AddedItems, added_items_for_repair
 from tfrec_proxy.registry import ITEM_TOWERS
-from tfrec_proxy.savedmodels import (ItemModule, QueryModule, RetrievalModule, build_index,
-                                     pack_histories, scann_parameters)
+from tfrec_proxy.savedmodels import (ItemModule, QueryModule, build_index, pack_histories,
+                                     save_retrieval_model, scann_parameters)
 from tfrec_proxy.version import __version__
 
 __all__ = ["INDEXES", "MIN_SCANN_CANDIDATES", "PAD_ID", "RunFormatError", "export_run",
@@ -45,6 +45,8 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
                item_stats: Optional[Dict[str, np.ndarray]] = None,
                state: Optional[Dict[str, Dict[str, np.ndarray]]] = None,
                item_features: Optional[Any] = None, added_items: Optional[Any] = None,
+               tuning_queries: Optional[Any] = None,
+               scann_tuning: Optional[Dict[str, Any]] = None,
                overwrite: bool = False) -> Path:
     """Writes a complete run folder (see `tfrec_proxy.run_format`), atomically.
 
@@ -67,6 +69,13 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
         added_items: Items added since training
             (`tfrec_proxy.new_items.AddedItems`): embedded with the model's item
             tower and put in the candidates and both indexes after the vocabulary's.
+        tuning_queries: Query-tower inputs of real queries (validation examples:
+            `{"history": [Q, L] indices, ...}`): with `config.export.tunes_scann()`,
+            ScaNN's settings are tuned on them to `scann_target_recall`
+            (`tune_scann`, recall@10 against exact) and the measured index is
+            exported; the result goes into the manifest's `scann_tuning`.
+        scann_tuning: A previous export's `manifest["scann_tuning"]`, whose settings
+            are reused as they are (re-exports: no queries to measure on).
         overwrite: Replace an existing folder (else an existing folder is an error).
 
     Returns:
@@ -77,7 +86,8 @@ def export_run(model: tf.keras.Model, run_dir: Union[str, Path], *, vocab: Vocab
                          "re-index the items.")
     return write_atomically(
         run_dir, lambda folder: _write_run(model, folder, vocab, config, metrics, item_stats,
-                                           state or {}, item_features, added_items),
+                                           state or {}, item_features, added_items,
+                                           tuning_queries, scann_tuning),
         overwrite=overwrite)
 
 
@@ -120,11 +130,25 @@ def reexport_run(run_dir: Union[str, Path], target: Optional[Union[str, Path]] =
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
     if added is None:
         added = added_items_for_repair(run_dir)
+    tuning = _previous_scann_tuning(run_dir)
     return export_run(model, target, vocab=vocab, config=config, metrics=metrics,
                       item_stats=read_item_stats(run_dir), state=read_state(run_dir),
                       item_features=read_item_features(run_dir),
-                      added_items=added,
+                      added_items=added, scann_tuning=tuning,
                       overwrite=target.resolve() == run_dir.resolve())
+
+
+def _previous_scann_tuning(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The tuned ScaNN record of a run's manifest, if it has a readable one; None
+    otherwise (a run being repaired may have lost its manifest; with no queries to
+    measure on, its re-export then uses the size rule)."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    tuning = manifest.get("scann_tuning") if isinstance(manifest, dict) else None
+    settings = tuning.get("settings") if isinstance(tuning, dict) else None
+    return tuning if isinstance(settings, dict) else None
 
 
 def read_item_stats(run_dir: Union[str, Path]) -> Optional[Dict[str, np.ndarray]]:
@@ -166,7 +190,8 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
                metrics: Optional[Dict[str, Any]],
                item_stats: Optional[Dict[str, np.ndarray]],
                state: Dict[str, Dict[str, np.ndarray]], item_features: Optional[Any],
-               added: Optional[Any]) -> None:
+               added: Optional[Any], tuning_queries: Optional[Any],
+               scann_tuning: Optional[Dict[str, Any]]) -> None:
     max_len = config.data.max_len
     embeddings = model.item_embeddings(vocab.size)[2:]
     ids = vocab.ids
@@ -207,18 +232,26 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
     tf.saved_model.save(query, str(folder / "query_model"), signatures=query.signatures())
 
     index_names = ["brute_force"]
-    scann = None
+    scann = tuned = None
     probe_k = max_k
     if len(ids) >= MIN_SCANN_CANDIDATES:
-        scann = scann_parameters(len(ids), config.export, max_k)
         index_names.insert(0, "scann")
+        if scann_tuning:  # a re-export keeps the measured settings
+            scann, scann_tuning = dict(scann_tuning["settings"]), dict(scann_tuning,
+                                                                        reused=True)
+        elif tuning_queries is not None and config.export.tunes_scann():
+            tuned = _tune_scann(model, tuning_queries, embeddings, max_k, probe_k,
+                                config.export)
+            scann, scann_tuning = tuned.settings, tuned.to_manifest()
+        else:
+            scann, scann_tuning = scann_parameters(len(ids), config.export, max_k), None
     for name in index_names:
-        index = build_index(name, model.scorer, embeddings, ids, max_k, scann, probe_k)
-        module = RetrievalModule(query, index, ids, embeddings, max_k, probe_k)
-        tf.saved_model.save(
-            module, str(folder / "retrieval" / name),
-            signatures={"serving_default": module.retrieve.get_concrete_function()},
-            options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+        if name == "scann" and tuned is not None:
+            index = tuned.index  # the index that was measured (k-means is randomised)
+        else:
+            index = build_index(name, model.scorer, embeddings, ids, max_k, scann, probe_k)
+        save_retrieval_model(folder / "retrieval" / name, query, index, ids, embeddings,
+                             max_k, probe_k)
 
     if metrics is not None:
         write_json(folder / "metrics.json", metrics)
@@ -242,6 +275,8 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
         "indexes": [name for name in INDEXES if name in index_names],
         "scann": scann,
         "scann_candidates_per_probe": probe_k if scann else None,
+        "scann_tuning": scann_tuning if scann else None,
+        "stock_ops_retrieval": "retrieval/brute_force",
         "library_version": __version__,
         "tensorflow_version": tf.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -249,3 +284,21 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
                  + ["manifest.json"],
     }
     write_json(folder / "manifest.json", manifest)
+
+
+def _tune_scann(model: tf.keras.Model, features: Any, embeddings: np.ndarray, max_k: int,
+                probe_k: int, export: Any) -> Any:
+    """ScaNN tuned to `export.scann_target_recall` (recall@10) on the probe vectors
+    (`Scorer.probe_vectors`: M per query for MUR) of up to
+    `export.scann_tuning_queries` real queries."""
+    from tfrec_proxy.scann_tuning import tune_scann  # ScaNN's ops load on first use
+
+    count = int(export.scann_tuning_queries)
+    features = {name: np.asarray(values)[:count] for name, values in features.items()}
+    probes = [model.scorer.probe_vectors(model.query_tower(
+        {name: tf.constant(values[start:start + 512]) for name, values in features.items()},
+        training=False)) for start in range(0, len(features["history"]), 512)]
+    probes = np.concatenate([np.asarray(p, np.float32) for p in probes])
+    probes = probes.reshape(-1, probes.shape[-1])
+    return tune_scann(embeddings, probes, k=min(10, probe_k), num_neighbors=probe_k,
+                      target_recall=float(export.scann_target_recall))

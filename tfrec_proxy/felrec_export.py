@@ -53,7 +53,7 @@ from tfrec_proxy.layers.felrec import ITEMS_OF_USER, USERS_OF_ITEM
 from tfrec_proxy.run_format import (FORMAT, FORMAT_VERSION, INDEXES, MIN_SCANN_CANDIDATES,
                                     USERS_FILE, RunFormatError, read_manifest,
                                     write_atomically, write_json)
-from tfrec_proxy.savedmodels import RetrievalModule, build_index, scann_parameters
+from tfrec_proxy.savedmodels import build_index, save_retrieval_model, scann_parameters
 from tfrec_proxy.scoring import DotScorer
 from tfrec_proxy.version import __version__
 
@@ -228,11 +228,8 @@ def _write(model: FELRecModel, folder: Path, config: RunConfig, state: ServingSt
     scann = scann_parameters(len(ids), config.export, max_k) if "scann" in names else None
     for name in names:
         index = build_index(name, query.scorer, embeddings, ids, max_k, scann, max_k)
-        module = RetrievalModule(query, index, ids, embeddings, max_k, max_k)
-        tf.saved_model.save(
-            module, str(folder / "retrieval" / name),
-            signatures={"serving_default": module.retrieve.get_concrete_function()},
-            options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+        save_retrieval_model(folder / "retrieval" / name, query, index, ids, embeddings,
+                             max_k, max_k)
     if metrics is not None:
         write_json(folder / "metrics.json", metrics)
     felrec = config.model.felrec

@@ -197,15 +197,10 @@ def train(config: RunConfig, *, output_dir: Union[str, Path] = "saved_models",
         metrics per epoch).
     """
     from tfrec_proxy.felrec_export import export_felrec_run, serving_state
-    from tfrec_proxy.training import TrainResult, _run_name
+    from tfrec_proxy.training import TrainResult, new_run_dir
 
     check_felrec_config(config)
-    run_dir = None
-    if export:
-        run_dir = Path(output_dir) / (run_name or _run_name())
-        if run_dir.exists():
-            raise FileExistsError(f"Run folder {str(run_dir)!r} exists; choose another run "
-                                  "name or remove it.")
+    run_dir = new_run_dir(output_dir, run_name) if export else None
     started = time.perf_counter()
     tf.keras.utils.set_random_seed(config.train.seed)
     felrec, train_config = config.model.felrec, config.train

@@ -82,7 +82,7 @@ class Entry:
                 raise ValueError(f"{where}: {self.name!r} takes no options, got "
                                  f"{sorted(values)}.")
             return None
-        from tfrec_proxy.config import parse_dataclass  # no TensorFlow
+        from tfrec_proxy.config_parsing import parse_dataclass  # no TensorFlow
         return parse_dataclass(self.options, values, where)
 
 

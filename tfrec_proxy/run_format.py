@@ -16,7 +16,12 @@ A run folder (`saved_models/<run>/`) holds:
   `clusters` (ground truth), in candidate order (for reports).
 * `retrieval/scann/` and `retrieval/brute_force/`: SavedModels (ScaNN only for
   catalogues of at least 16 items) with `serving_default(history, k)` ->
-  `{"ids": int64 [B, k], "scores": float32 [B, k]}`, `1 <= k <= max_k`.
+  `{"ids": int64 [B, k], "scores": float32 [B, k]}`, `1 <= k <= max_k`. The
+  brute-force one (exact chunked top-k under the run's scorer) holds stock TensorFlow
+  ops only, so a TensorFlow, TF Serving or Triton without ScaNN or this library
+  serves it (manifest `stock_ops_retrieval`). ScaNN's settings are tuned at export
+  to a recall target on validation queries; the manifest's `scann_tuning` records
+  the measured recall, queries/s, build and tuning time.
 * `metrics.json` (optional): evaluation results, the training history and phases,
   and which method trained (`method`: extraction, M, scorer, loss, item norm,
   weighting).

@@ -9,8 +9,10 @@ Retrieval is two steps, so that any scorer is served as it was trained:
    (`Scorer.score_candidates`), and the best k are returned.
 
 The brute-force index scores the whole catalogue with the scorer
-(`Scorer.score_matrix`, through TFRS `BruteForce`'s `_compute_score` hook), so it is
-exact for every scorer and query shape.
+(`Scorer.score_matrix`) block by block (`tfrec_proxy.topk.ChunkedTopK`, TFRS
+`BruteForce` with an exact chunked top-k), so it is exact for every scorer and query
+shape, and, being stock TensorFlow ops only, its SavedModel loads in a TensorFlow (or
+TF Serving) without ScaNN or this library.
 """
 
 import math
@@ -23,6 +25,7 @@ from tfrec_proxy.config import ExportConfig
 from tfrec_proxy.data.vocab import Vocabulary
 from tfrec_proxy.layers.towers import HISTORY
 from tfrec_proxy.run_format import PAD_ID
+from tfrec_proxy.topk import ChunkedTopK
 
 
 def pack_histories(indices: tf.Tensor, max_len: int) -> tf.Tensor:
@@ -144,8 +147,9 @@ class RetrievalModule(tf.Module):
     Args:
         query: The run's `QueryModule` (or any module with `embed`, `scorer` and
             either `query_tower` or `input_specs`, e.g. FELRec's cache lookup).
-        index: `ScorerBruteForce` (exact, identifiers = raw ids) or TFRS `ScaNN`
-            (identifiers = candidate positions; its hits are re-scored exactly).
+        index: An exact index (`is_exact()`: `topk.ChunkedTopK`, `ScorerBruteForce`;
+            identifiers = raw ids) or TFRS `ScaNN` (identifiers = candidate
+            positions; its hits are re-scored exactly).
         candidate_ids: `[N]` raw ids by candidate position.
         candidate_embeddings: `[N, d]` by candidate position.
         max_k: Largest k a caller may ask for.
@@ -160,7 +164,7 @@ class RetrievalModule(tf.Module):
         self.index = index
         self.max_k = max_k
         self.probe_k = probe_k
-        self.exact = isinstance(index, ScorerBruteForce)
+        self.exact = bool(index.is_exact())
         if not self.exact:
             self.candidate_ids = tf.Variable(candidate_ids, trainable=False, name="ids")
             self.candidate_embeddings = tf.Variable(candidate_embeddings, trainable=False,
@@ -225,10 +229,10 @@ def scann_parameters(num_candidates: int, config: ExportConfig, max_k: int) -> D
 def build_index(name: str, scorer: tf.keras.layers.Layer, embeddings: np.ndarray,
                 ids: np.ndarray, max_k: int, scann: Dict[str, int], probe_k: int
                 ) -> tfrs.layers.factorized_top_k.TopK:
-    """An indexed TFRS top-k layer: `"brute_force"` (exact under `scorer`, raw ids) or
-    `"scann"` (approximate dot product, identifiers = candidate positions)."""
+    """An indexed TFRS top-k layer: `"brute_force"` (exact under `scorer`, chunked,
+    raw ids) or `"scann"` (approximate dot product, identifiers = candidate positions)."""
     if name == "brute_force":
-        index = ScorerBruteForce(scorer, k=max_k)
+        index = ChunkedTopK(scorer, k=max_k)
         index.index(tf.constant(embeddings), tf.constant(ids, tf.int64))
         return index
     index = tfrs.layers.factorized_top_k.ScaNN(
@@ -237,3 +241,15 @@ def build_index(name: str, scorer: tf.keras.layers.Layer, embeddings: np.ndarray
         num_reordering_candidates=max(scann["num_reordering_candidates"], probe_k))
     index.index(tf.constant(embeddings))
     return index
+
+
+def save_retrieval_model(path: str, query: "QueryModule",
+                         index: tfrs.layers.factorized_top_k.TopK, candidate_ids: np.ndarray,
+                         candidate_embeddings: np.ndarray, max_k: int, probe_k: int) -> None:
+    """Writes one run retrieval SavedModel (`RetrievalModule`, its `retrieve` as
+    `serving_default`) to `path`; ScaNN's ops are allowed in the graph."""
+    module = RetrievalModule(query, index, candidate_ids, candidate_embeddings, max_k, probe_k)
+    tf.saved_model.save(
+        module, str(path),
+        signatures={"serving_default": module.retrieve.get_concrete_function()},
+        options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))

@@ -213,12 +213,7 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         phases = list(phases)
         if not phases:
             raise ValueError("phases is empty; expected at least one Phase.")
-    run_dir = None
-    if export:
-        run_dir = Path(output_dir) / (run_name or _run_name())
-        if run_dir.exists():
-            raise FileExistsError(f"Run folder {str(run_dir)!r} exists; choose another run "
-                                  "name or remove it.")
+    run_dir = new_run_dir(output_dir, run_name) if export else None
     started = time.perf_counter()
     tf.keras.utils.set_random_seed(config.train.seed)
     data = data or prepare_data(config.data, interactions=interactions)
@@ -299,7 +294,8 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         state = _run_state(phases)
         if is_chief(strategy):
             export_run(model, run_dir, vocab=data.vocab, config=config, metrics=results,
-                       item_stats=stats, state=state, item_features=data.item_features)
+                       item_stats=stats, state=state, item_features=data.item_features,
+                       tuning_queries=_tuning_queries(model, data, config))
         else:
             # Non-chief workers take part in the same steps but write to a scratch
             # folder that is thrown away, as Keras's multi-worker guide does.
@@ -310,6 +306,31 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
             run_dir = None
     return TrainResult(model, data, history, metrics, run_dir,
                        time.perf_counter() - started, done)
+
+
+def new_run_dir(output_dir: Union[str, Path], run_name: Optional[str] = None) -> Path:
+    """`output_dir/run_name` (default a timestamped name) for a run to be exported;
+    FileExistsError if it exists (a finished run is never overwritten)."""
+    run_dir = Path(output_dir) / (run_name or _run_name())
+    if run_dir.exists():
+        raise FileExistsError(f"Run folder {str(run_dir)!r} exists; choose another run "
+                              "name or remove it.")
+    return run_dir
+
+
+def _tuning_queries(model: RetrievalModel, data: PreparedData, config: RunConfig
+                    ) -> Optional[Dict[str, np.ndarray]]:
+    """Query-tower inputs of up to `export.scann_tuning_queries` validation examples
+    (a fixed random sample), on which export tunes ScaNN; None when it does not."""
+    examples = data.split.validation
+    if not config.export.tunes_scann() or len(examples) == 0:
+        return None
+    rng = np.random.default_rng(config.train.seed)
+    rows = np.sort(rng.permutation(len(examples))[:config.export.scann_tuning_queries])
+    features = {"history": examples.history[rows].astype(np.int32)}
+    if "user_id" in model.query_tower.context_specs:
+        features["user_id"] = examples.owner[rows].astype(np.int64)
+    return features
 
 
 def _users_if_needed(config: RunConfig, data: PreparedData) -> Optional[np.ndarray]:
