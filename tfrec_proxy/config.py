@@ -310,6 +310,10 @@ class TrainConfig:
         seed: Training seed (TensorFlow, shuffling, negative sampling); the
             synthetic data has its own seed (`SyntheticConfig.seed`).
         strategy: `"default"`, `"mirrored"` or `"multi_worker"` (tf.distribute).
+        cross_replica_negatives: With several replicas, score each replica's
+            queries against the whole global batch's candidates (ids and logQ
+            probabilities gathered too) instead of its own slice
+            (`tfrec_proxy.cross_replica`); in-batch softmax losses only.
         mixed_precision: Use the `mixed_float16` Keras policy (GPU).
         jit_compile: XLA-compile the train step.
         tensorboard_dir: Write TensorBoard logs here when set.
@@ -334,6 +338,7 @@ class TrainConfig:
     eval_chunks: str = "all"
     seed: int = 0
     strategy: str = "default"
+    cross_replica_negatives: bool = False
     mixed_precision: bool = False
     jit_compile: bool = False
     tensorboard_dir: Optional[str] = None

@@ -21,6 +21,7 @@ import numpy as np
 
 from tfrec_proxy._tf import tf, tfrs
 from tfrec_proxy.config import ModelConfig
+from tfrec_proxy.cross_replica import gather_candidates
 from tfrec_proxy.felrec_losses import FELREC_LOSSES
 from tfrec_proxy.layers.encoders import SelfAttentionEncoder
 from tfrec_proxy.layers.item_norm import ITEM_NORM_MODES, ItemNormalization
@@ -121,6 +122,9 @@ class RetrievalModel(tfrs.Model):
                 name="sampling_probability")
         self.item_loss_weights = tf.Variable(tf.ones([vocab_size], tf.float32),
                                              trainable=False, name="item_loss_weights")
+        # Score each replica's queries against every replica's candidates
+        # (`tfrec_proxy.cross_replica`); set from `TrainConfig.cross_replica_negatives`.
+        self.cross_replica_negatives = False
         self.item_margins = None
         if item_margins is not None:
             if len(item_margins) != vocab_size:
@@ -186,17 +190,21 @@ class RetrievalModel(tfrs.Model):
 
             return self.task(queries, target, embed, self.scorer, sample_weight=weights)
         candidates = self.candidate_tower(self.candidate_features(target), training=training)
-        scores = self.scorer.score_matrix(queries, candidates)
         probability = None
         if self.sampling_probability is not None:
             probability = tf.gather(self.sampling_probability, target)
+        candidate_ids = target
+        if self.cross_replica_negatives:
+            candidates, candidate_ids, probability = gather_candidates(
+                candidates, target, probability)
+        scores = self.scorer.score_matrix(queries, candidates)
         weights = tf.gather(self.item_loss_weights, target)
         if sample_weight is not None:
             weights = weights * tf.cast(sample_weight, tf.float32)
         margin = None
         if self.item_margins is not None:
             margin = tf.gather(self.item_margins, target)
-        return self.task(scores, candidate_ids=target,
+        return self.task(scores, candidate_ids=candidate_ids,
                          candidate_sampling_probability=probability,
                          sample_weight=weights, positive_margin=margin)
 

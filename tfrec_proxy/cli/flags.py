@@ -266,6 +266,9 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--seed", "train.seed", "training seed: weights, shuffling, negative "
                "sampling (the synthetic data has --data-seed)", type=int),
     ConfigFlag("--strategy", "train.strategy", "tf.distribute strategy", choices=STRATEGIES),
+    ConfigFlag("--cross-replica-negatives", "train.cross_replica_negatives", "with several "
+               "replicas, every query sees the global batch's candidates as negatives",
+               const=True),
     ConfigFlag("--mixed-precision", "train.mixed_precision", "mixed_float16 Keras policy "
                "(GPU)", const=True),
     ConfigFlag("--jit-compile", "train.jit_compile", "XLA-compile the train step",
