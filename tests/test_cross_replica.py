@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent("""
         single = make(config)
         with tf.GradientTape() as tape:
             loss = single.compute_loss({"history": tf.constant(history),
-                                        "target": tf.constant(target)})
+                                        "target": tf.constant(target)}, training=True)
         grads = [dense(g) for g in tape.gradient(loss, single.trainable_variables)]
         out[kind] = {"single": [float(loss), [g.numpy().tolist() for g in grads]]}
 
@@ -68,7 +68,7 @@ SCRIPT = textwrap.dedent("""
 
         def step(batch):
             with tf.GradientTape() as tape:
-                loss = model.compute_loss(batch)
+                loss = model.compute_loss(batch, training=True)
             # Keras sums the replicas' gradients; here the sum is taken outside.
             return loss, [dense(g) for g in tape.gradient(loss, model.trainable_variables)]
 

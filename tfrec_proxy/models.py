@@ -194,7 +194,10 @@ class RetrievalModel(tfrs.Model):
         if self.sampling_probability is not None:
             probability = tf.gather(self.sampling_probability, target)
         candidate_ids = target
-        if self.cross_replica_negatives:
+        if self.cross_replica_negatives and training:
+            # Training only: Keras's evaluation step under MultiWorkerMirroredStrategy
+            # gives replica tensors no device, which all_gather needs ("destinations
+            # can not be empty"); validation losses stay per replica.
             candidates, candidate_ids, probability = gather_candidates(
                 candidates, target, probability)
         scores = self.scorer.score_matrix(queries, candidates)

@@ -232,8 +232,9 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
                                 item_counts=data.item_counts,
                                 trained_positions=trained_positions(config.data),
                                 user_ids=_users_if_needed(config, data))
+            # Inside the scope: it may build the item tower's variables (IDW).
+            _check_trainable(model, phases)
         model.cross_replica_negatives = config.train.cross_replica_negatives
-        _check_trainable(model, phases)
         global_batch = config.train.batch_size * strategy.num_replicas_in_sync
         train_ds, validation_ds = _datasets(config, data, model, global_batch)
         budget = None
