@@ -1,5 +1,8 @@
 """Shared fixtures: one tiny synthetic run trained once per test session."""
 
+import contextlib
+import io
+
 import numpy as np
 import pytest
 
@@ -55,6 +58,91 @@ def pir_run(tmp_path_factory):
                  "2", "--weighting", "idw", "--idw-max-iterations", "1", "--max-k", "20"])
     assert code == 0
     return folder / "pir"
+
+
+@pytest.fixture(scope="session")
+def sasrec_run(tmp_path_factory):
+    """SASRec with tied item embeddings, the per-user split and the BCE objective,
+    through the CLI."""
+    from tfrec_proxy.cli import main
+
+    folder = tmp_path_factory.mktemp("cli_sasrec")
+    tiny_config(epochs=3).to_json(folder / "config.json")
+    code = main(["train", "--config", str(folder / "config.json"), "--output", str(folder),
+                 "--run-name", "sasrec", "--encoder", "sasrec", "--item-tower", "shared",
+                 "--split", "per-user", "--loss", "bce", "--num-blocks", "2"])
+    assert code == 0
+    return folder / "sasrec"
+
+
+@pytest.fixture(scope="session")
+def ram_result(tmp_path_factory):
+    """RAM (user embedding) from Python, full softmax, MUR extraction on top."""
+    from tfrec_proxy.training import train
+
+    config = tiny_config(epochs=3)
+    config.model.encoder, config.model.num_layers = "ram", 2
+    config.model.loss = "full-softmax"
+    config.model.extraction, config.model.num_interests = "mur", 2
+    return train(config, output_dir=tmp_path_factory.mktemp("ram"), run_name="ram",
+                 verbose=0)
+
+
+@pytest.fixture(scope="session")
+def proxysr_run(tmp_path_factory):
+    """ProxySR (4 proxies, tied item table) through the CLI, 3 epochs of annealing."""
+    from tfrec_proxy.cli import main
+
+    folder = tmp_path_factory.mktemp("cli_proxysr")
+    tiny_config(epochs=3).to_json(folder / "config.json")
+    assert main(["train", "--config", str(folder / "config.json"), "--output",
+                 str(folder), "--run-name", "proxysr", "--encoder", "proxysr",
+                 "--num-proxies", "4", "--item-tower", "shared"]) == 0
+    return folder / "proxysr"
+
+
+def felrec_frame(seed=0):
+    """A tiny synthetic log on one interleaved time line, with late users and items."""
+    from tfrec_proxy.data.synthetic import generate_long_tail
+    from tfrec_proxy.data.synthetic_timeline import interleave_timeline
+
+    data = generate_long_tail(num_users=50, num_items=30, num_clusters=3, seq_len=10,
+                              seed=seed)
+    return interleave_timeline(data, late_users=0.15, late_items=0.15, seed=seed).interactions
+
+
+def felrec_config(loss="infonce", epochs=3):
+    """A FELRec config small enough for the tests (d = 8, one layer, Adam)."""
+    config = RunConfig()
+    config.data.source, config.data.split = "dataframe", "chronological"
+    config.model.encoder, config.model.loss = "felrec", loss
+    felrec = config.model.felrec
+    felrec.dim, felrec.num_layers, felrec.num_heads, felrec.ff_dim = 8, 1, 2, 16
+    felrec.dropout, felrec.queue_size, felrec.history_len = 0.0, 32, 6
+    felrec.optimizer, felrec.lr_schedule, felrec.eval_reset = "adam", "constant", True
+    config.train.epochs, config.train.batch_size, config.train.learning_rate = epochs, 32, 5e-3
+    config.train.early_stopping_patience = 0
+    config.export.max_k = 40
+    return config
+
+
+@pytest.fixture(scope="session")
+def felrec_run(tmp_path_factory):
+    """The shared tiny FELRec-Q run, trained through the CLI on a CSV of `_frame()`:
+    `(run folder, train stdout)`."""
+    from tfrec_proxy.cli import main
+
+    folder = tmp_path_factory.mktemp("felrec")
+    felrec_frame().to_csv(folder / "interactions.csv", index=False)
+    felrec_config().to_json(folder / "config.json")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["train", "--config", str(folder / "config.json"), "--encoder",
+                     "felrec", "--loss", "infonce", "--split", "chronological",
+                     "--data-path", str(folder / "interactions.csv"), "--output",
+                     str(folder), "--run-name", "q"])
+    assert code == 0, out.getvalue()
+    return folder / "q", out.getvalue()
 
 
 def assert_round_trip(layer, *inputs):

@@ -13,32 +13,6 @@ from tfrec_proxy.cli import main
 from conftest import tiny_config
 
 
-@pytest.fixture(scope="module")
-def sasrec_run(tmp_path_factory):
-    """SASRec with tied item embeddings, the per-user split and the BCE objective,
-    through the CLI."""
-    folder = tmp_path_factory.mktemp("cli_sasrec")
-    tiny_config(epochs=3).to_json(folder / "config.json")
-    code = main(["train", "--config", str(folder / "config.json"), "--output", str(folder),
-                 "--run-name", "sasrec", "--encoder", "sasrec", "--item-tower", "shared",
-                 "--split", "per-user", "--loss", "bce", "--num-blocks", "2"])
-    assert code == 0
-    return folder / "sasrec"
-
-
-@pytest.fixture(scope="module")
-def ram_result(tmp_path_factory):
-    """RAM (user embedding) from Python, full softmax, MUR extraction on top."""
-    from tfrec_proxy.training import train
-
-    config = tiny_config(epochs=3)
-    config.model.encoder, config.model.num_layers = "ram", 2
-    config.model.loss = "full-softmax"
-    config.model.extraction, config.model.num_interests = "mur", 2
-    return train(config, output_dir=tmp_path_factory.mktemp("ram"), run_name="ram",
-                 verbose=0)
-
-
 def _fresh(run_dir, histories, users=None):
     code = f"""
 import json, sys
@@ -109,18 +83,14 @@ def test_ram_user_embedding_is_served(ram_result, capsys):
     assert main(["recommend", "--run", str(run_dir), "--history", "3,4,5", "-k", "3"]) == 0
 
 
-def test_proxysr_trains_anneals_and_serves_through_ann(tmp_path, capsys):
+def test_proxysr_trains_anneals_and_serves_through_ann(proxysr_run):
     """ProxySR via the CLI: eq. 7 scorer picked by `--scorer auto`, the temperature
     annealed per epoch, export with identical reloaded outputs, and ScaNN candidates
     from the probe vectors re-ranked exactly agree with brute force."""
     from tfrec_proxy.serving import load_run
     from tfrec_proxy.training import restore_model
 
-    tiny_config(epochs=3).to_json(tmp_path / "config.json")
-    assert main(["train", "--config", str(tmp_path / "config.json"), "--output",
-                 str(tmp_path), "--run-name", "proxysr", "--encoder", "proxysr",
-                 "--num-proxies", "4", "--item-tower", "shared"]) == 0
-    run_dir = tmp_path / "proxysr"
+    run_dir = proxysr_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["history"]["loss"][-1] < metrics["history"]["loss"][0]
     manifest = json.loads((run_dir / "manifest.json").read_text())

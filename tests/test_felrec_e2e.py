@@ -1,8 +1,6 @@
 """FELRec end to end: data on one time line, training, online evaluation per partition,
 export with the cache, serving in a fresh process, update_cache, CLI, leak test."""
 
-import contextlib
-import io
 import json
 import shutil
 import subprocess
@@ -18,50 +16,12 @@ from tfrec_proxy.config import RunConfig
 from tfrec_proxy.data.chronological import chronological_split
 from tfrec_proxy.data.felrec_data import prepare_chronological, round_robin
 from tfrec_proxy.data.synthetic import generate_long_tail
-from tfrec_proxy.data.synthetic_timeline import interleave_timeline
 from tfrec_proxy.felrec import FELRecModel
 from tfrec_proxy.felrec_evaluation import OnlineEvaluator
 
+from conftest import felrec_config as _config, felrec_frame as _frame  # noqa: E402
+
 PARTITIONS = ("observed", "new_users", "new_items", "new_both", "total")
-
-
-def _frame(seed=0):
-    data = generate_long_tail(num_users=50, num_items=30, num_clusters=3, seq_len=10,
-                              seed=seed)
-    return interleave_timeline(data, late_users=0.15, late_items=0.15, seed=seed).interactions
-
-
-def _config(loss="infonce", epochs=3):
-    config = RunConfig()
-    config.data.source, config.data.split = "dataframe", "chronological"
-    config.model.encoder, config.model.loss = "felrec", loss
-    felrec = config.model.felrec
-    felrec.dim, felrec.num_layers, felrec.num_heads, felrec.ff_dim = 8, 1, 2, 16
-    felrec.dropout, felrec.queue_size, felrec.history_len = 0.0, 32, 6
-    felrec.optimizer, felrec.lr_schedule, felrec.eval_reset = "adam", "constant", True
-    config.train.epochs, config.train.batch_size, config.train.learning_rate = epochs, 32, 5e-3
-    config.train.early_stopping_patience = 0
-    config.export.max_k = 40
-    return config
-
-
-@pytest.fixture(scope="module")
-def felrec_run(tmp_path_factory):
-    """The shared tiny FELRec-Q run, trained through the CLI on a CSV of `_frame()`:
-    `(run folder, train stdout)`."""
-    from tfrec_proxy.cli import main
-
-    folder = tmp_path_factory.mktemp("felrec")
-    _frame().to_csv(folder / "interactions.csv", index=False)
-    _config().to_json(folder / "config.json")
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["train", "--config", str(folder / "config.json"), "--encoder",
-                     "felrec", "--loss", "infonce", "--split", "chronological",
-                     "--data-path", str(folder / "interactions.csv"), "--output",
-                     str(folder), "--run-name", "q"])
-    assert code == 0, out.getvalue()
-    return folder / "q", out.getvalue()
 
 
 def _results(run_dir):
