@@ -89,8 +89,10 @@ json.dump(out, sys.stdout)
     brute = np.asarray(out["brute_force"])
     overlap = [len(set(a) & set(b)) / 10 for a, b in zip(brute, expected)]
     assert np.mean(overlap) >= 0.999  # exact up to float ties
+    # ScaNN is tuned at export to recall@10 >= 0.95 on validation queries (not to
+    # near-exhaustive search any more); these are other queries, so a looser bound.
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(out["scann"], expected)])
-    assert recall >= 0.99, recall
+    assert recall >= 0.9, recall
 
 
 def test_recommend_verb_serves_the_mur_run(cli_run, capsys):
