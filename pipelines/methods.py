@@ -109,10 +109,7 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
     from tfrec_proxy.export import parameter_report
     from tfrec_proxy.training import train
 
-    records, done, grid = open_grid(results, base, ("method", "seed"))
-    todo = [(m, s) for m, s in order if (m, s) not in done]
-    print(f"results: {results} ({len(records)} runs there; {len(todo)} of {len(order)} "
-          "to run)", flush=True)
+    grid, todo = grid_todo(results, base, order)
     if not todo:
         return
     data = prepare_data(base.data)
@@ -132,6 +129,17 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
         extra = f"; {describe(result.metrics)}" if describe else ""
         print(f"[{number}/{len(todo)}] {method} seed {seed}: {seconds / 60:.1f} min, "
               f"{sum(p['epochs'] for p in result.phases)} epochs{extra}", flush=True)
+
+
+def grid_todo(results: Union[str, Path], base: RunConfig, order: Sequence[Tuple[Any, ...]],
+              key: Sequence[str] = ("method", "seed")) -> Tuple[str, List[Tuple[Any, ...]]]:
+    """`(grid hash, the keys of order not yet in results)`, printing how many runs are
+    there and how many are left (the start of every resumable grid)."""
+    records, done, grid = open_grid(results, base, key)
+    todo = [item for item in order if item not in done]
+    print(f"results: {results} ({len(records)} runs there; {len(todo)} of {len(order)} "
+          "to run)", flush=True)
+    return grid, todo
 
 
 def config_hash(config: RunConfig) -> str:

@@ -63,7 +63,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from methods import (add_grid_arguments, append_result, config_hash,  # noqa: E402
-                     default_results, markdown_table, mean, mean_std, open_grid,
+                     default_results, grid_todo, markdown_table, mean, mean_std,
                      runs_by_method, with_overrides)
 
 HERE = Path(__file__).resolve().parent
@@ -264,11 +264,8 @@ def run_grid(args: argparse.Namespace) -> None:
     from tfrec_proxy.training import train
 
     base = base_config(args)
-    records, done, grid = open_grid(args.results, base, ("method", "seed"))
     order = [(m, s) for s in args.seeds for m in args.methods]
-    todo = [(m, s) for m, s in order if (m, s) not in done]
-    print(f"results: {args.results} ({len(records)} runs there; {len(todo)} of "
-          f"{len(order)} to run)", flush=True)
+    grid, todo = grid_todo(args.results, base, order)
     if not todo:
         return
     started = time.perf_counter()

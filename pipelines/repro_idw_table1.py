@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from methods import (LABELS, METHODS, append_result, apply_method, check_methods,  # noqa: E402
-                     config_hash, markdown_table, mean, mean_std, open_grid, runs_by_method)
+                     config_hash, grid_todo, markdown_table, mean, mean_std, runs_by_method)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "configs" / "ml1m_idw.json"
@@ -101,11 +101,8 @@ def run_grid(args: argparse.Namespace) -> None:
     from tfrec_proxy.training import train
 
     base = base_config(args)
-    records, done, grid = open_grid(args.results, base, KEY)
     order = work_order(check_methods(args.methods), args.seeds, args.baseline_seeds)
-    todo = [(m, s) for m, s in order if (m, s) not in done]
-    print(f"results: {args.results} ({len(records)} runs there; {len(todo)} of "
-          f"{len(order)} to run)", flush=True)
+    grid, todo = grid_todo(args.results, base, order, KEY)
     if not todo:
         return
     started = time.perf_counter()
