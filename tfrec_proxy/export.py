@@ -295,10 +295,9 @@ def _tune_scann(model: tf.keras.Model, features: Any, embeddings: np.ndarray, ma
 
     count = int(export.scann_tuning_queries)
     features = {name: np.asarray(values)[:count] for name, values in features.items()}
-    probes = [model.scorer.probe_vectors(model.query_tower(
-        {name: tf.constant(values[start:start + 512]) for name, values in features.items()},
-        training=False)) for start in range(0, len(features["history"]), 512)]
-    probes = np.concatenate([np.asarray(p, np.float32) for p in probes])
+    history = features.pop("history")
+    queries = model.query_embeddings(history, context=features or None)
+    probes = np.asarray(model.scorer.probe_vectors(tf.constant(queries)), np.float32)
     probes = probes.reshape(-1, probes.shape[-1])
     return tune_scann(embeddings, probes, k=min(10, probe_k), num_neighbors=probe_k,
                       target_recall=float(export.scann_target_recall))
