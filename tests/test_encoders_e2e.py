@@ -61,7 +61,8 @@ def test_sasrec_reloads_identically_in_a_fresh_process(sasrec_run, capsys):
 def test_ram_user_embedding_is_served(ram_result, capsys):
     from tfrec_proxy.training import restore_model
 
-    assert ram_result.history["loss"][-1] < ram_result.history["loss"][0]
+    # It learns (the tiny full-softmax loss per epoch is too noisy to compare).
+    assert ram_result.history["val_ndcg@20"][-1] > ram_result.history["val_ndcg@20"][0]
     run_dir = ram_result.run_dir
     model, vocab, _ = restore_model(run_dir)
     users = json.loads((run_dir / "users.json").read_text())["ids"]

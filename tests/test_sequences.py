@@ -377,3 +377,43 @@ def test_per_user_split_is_the_sasrec_protocol():
     np.testing.assert_array_equal(rows.targets[0], [6, 7, 8, 9])
     # User 2: three items give validation and test only.
     np.testing.assert_array_equal(test.history[1], [0, 0, 2, 3])
+
+
+def test_epoch_shuffled_orders_depend_on_seed_stream_and_epoch_only():
+    from tfrec_proxy.data import EpochShuffled, training_tensors
+
+    examples = _examples(10)
+    stream = EpochShuffled(training_tensors(examples), batch_size=4, seed=3)
+    assert stream.steps_per_epoch == 3  # 4 + 4 + 2
+    batches = [b["target"] for b in stream.epochs(0, 3).as_numpy_iterator()]
+    assert [len(b) for b in batches] == [4, 4, 2] * 3
+    epochs = [np.concatenate(batches[3 * e:3 * e + 3]) for e in range(3)]
+    for order in epochs:  # every example once per epoch, rows kept whole
+        np.testing.assert_array_equal(np.sort(order), np.arange(100, 110))
+    assert not np.array_equal(epochs[0], epochs[1])
+    # A stream started at epoch 2 (a resumed run) gives epoch 2's batches.
+    late = np.concatenate([b["target"] for b in stream.epochs(2, 3).as_numpy_iterator()])
+    np.testing.assert_array_equal(late, epochs[2])
+    rebuilt = EpochShuffled(training_tensors(examples), batch_size=4, seed=3)
+    first = np.concatenate([b["target"] for b in rebuilt.epochs(0, 1).as_numpy_iterator()])
+    np.testing.assert_array_equal(first, epochs[0])
+    other = np.concatenate([b["target"] for b in stream.epochs(0, 1, stream=1)
+                            .as_numpy_iterator()])
+    assert not np.array_equal(other, epochs[0])
+    rows = next(stream.epochs(0, 1).as_numpy_iterator())
+    np.testing.assert_array_equal(rows["history"][:, -1], 3 * (rows["target"] - 100) + 2)
+
+
+def test_epoch_shuffled_drop_remainder_and_bad_input():
+    from tfrec_proxy.data import EpochShuffled, training_tensors
+
+    dropped = EpochShuffled(training_tensors(_examples(10)), batch_size=4, seed=0,
+                            drop_remainder=True)
+    assert dropped.steps_per_epoch == 2
+    assert [len(b["target"]) for b in dropped.epochs(0, 2).as_numpy_iterator()] == [4] * 4
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        EpochShuffled(training_tensors(_examples(3)), batch_size=0)
+    with pytest.raises(ValueError, match="no examples"):
+        EpochShuffled(training_tensors(_examples(0)), batch_size=2)
+    with pytest.raises(ValueError, match="0 <= first <= last"):
+        dropped.epochs(2, 1)

@@ -321,6 +321,10 @@ class TrainConfig:
             since the first `fit` started (checked after every step; later phases
             are skipped; early stopping still restores the best weights); None for
             no limit.
+        backup_dir: Back up the training progress here after every epoch and
+            resume from it when the same run is started again
+            (`tfrec_proxy.backup`); deleted once the run is exported. None: no
+            backup.
         weighting: Per-example loss weights by target item: `"none"`,
             `"frequency"` (IDW eq. 5, `1 / p(y)`, normalised to a mean of 1) or
             `"idw"` (iterative density weighting, `idw` settings).
@@ -343,6 +347,7 @@ class TrainConfig:
     jit_compile: bool = False
     tensorboard_dir: Optional[str] = None
     time_budget_minutes: Optional[float] = None
+    backup_dir: Optional[str] = None
     weighting: str = "none"
     idw: IDWConfig = dataclasses.field(default_factory=IDWConfig)
 

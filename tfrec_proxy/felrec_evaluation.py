@@ -325,6 +325,22 @@ class OnlineValidation(tf.keras.callbacks.Callback):
         if self.patience and self._wait >= self.patience:
             self.model.stop_training = True
 
+    def get_state(self) -> Dict[str, Any]:
+        """The best epoch so far (weights included) and the patience count, for a
+        training backup (`tfrec_proxy.backup`)."""
+        return {"best": self.best, "best_epoch": self.best_epoch,
+                "best_metrics": dict(self.best_metrics), "sign": self.sign,
+                "best_weights": self._best_weights, "wait": self._wait,
+                "last_epoch": self._last_epoch}
+
+    def set_state(self, state: Dict[str, Any]) -> None:
+        """Restores `get_state()`."""
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best_metrics, self.sign = dict(state["best_metrics"]), int(state["sign"])
+        weights = state["best_weights"]
+        self._best_weights = None if weights is None else [np.asarray(w) for w in weights]
+        self._wait, self._last_epoch = int(state["wait"]), int(state["last_epoch"])
+
     def on_train_end(self, logs: Optional[Dict[str, Any]] = None) -> None:
         if self._best_weights is not None and self.best_epoch != self._last_epoch:
             self.model.set_weights(self._best_weights)

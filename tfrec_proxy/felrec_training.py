@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 
 from tfrec_proxy._tf import tf
+from tfrec_proxy.backup import (EpochBackup, TrainingBackup, checkpointable_random, keyed,
+                                random_generators, state_of)
 from tfrec_proxy.callbacks import TimeBudget
 from tfrec_proxy.config import DataConfig, RunConfig
 from tfrec_proxy.data.felrec_data import ChronologicalData, prepare_chronological
@@ -41,6 +43,7 @@ from tfrec_proxy.felrec import FELRecModel, ResetCache
 from tfrec_proxy.felrec_evaluation import OnlineEvaluator, OnlineValidation, summarize
 from tfrec_proxy.felrec_losses import loss_variant
 from tfrec_proxy.layers.felrec import NORMALIZATIONS
+from tfrec_proxy.schedule import concat_history
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "constant")
@@ -206,9 +209,11 @@ def train(config: RunConfig, *, output_dir: Union[str, Path] = "saved_models",
     felrec, train_config = config.model.felrec, config.train
     data = prepare_chronological(config.data, interactions, felrec.history_len)
     split = data.split
-    model = build_felrec_model(config, split.num_users, split.num_items)
-    model.compile(optimizer=_optimizer(config), jit_compile=train_config.jit_compile)
-    build_variables(model)
+    with checkpointable_random():
+        model = build_felrec_model(config, split.num_users, split.num_items)
+        model.compile(optimizer=_optimizer(config), jit_compile=train_config.jit_compile)
+        build_variables(model)
+        generators = random_generators(model)
     epochs = train_config.epochs
     warmup = min(felrec.warmup_epochs, max(epochs - 1, 0))
     evaluator = OnlineEvaluator(model, train_config.batch_size, felrec.eval_negatives,
@@ -218,15 +223,20 @@ def train(config: RunConfig, *, output_dir: Union[str, Path] = "saved_models",
     schedule = tf.keras.callbacks.LearningRateScheduler(
         lambda epoch, _: learning_rate(epoch, train_config.learning_rate, epochs, warmup,
                                        felrec.lr_schedule))
+    backup = None
+    if train_config.backup_dir:
+        backup = TrainingBackup(train_config.backup_dir, config.to_dict())
+        backup.generators = generators
+    earlier = backup.earlier_seconds if backup else 0.0
     extra: List[tf.keras.callbacks.Callback] = []
     if train_config.tensorboard_dir:
         extra.append(tf.keras.callbacks.TensorBoard(log_dir=train_config.tensorboard_dir))
     if train_config.time_budget_minutes is not None:
-        extra.append(TimeBudget(time.perf_counter() + 60.0 * train_config.time_budget_minutes))
-    fitted = model.fit(dataset(data, "train", train_config.batch_size), epochs=epochs,
-                       shuffle=False, verbose=verbose,
-                       callbacks=[ResetCache(), schedule, validation, *extra, *callbacks])
-    history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
+        extra.append(TimeBudget(time.perf_counter() - earlier
+                                + 60.0 * train_config.time_budget_minutes))
+    fit_callbacks = [ResetCache(), schedule, validation, *extra, *callbacks]
+    history = _fit(model, data, config, fit_callbacks, verbose, backup,
+                   lambda: earlier + time.perf_counter() - started)
     train_seconds = time.perf_counter() - started
     sign = validation.sign
     metrics = evaluate_test(model, data, config, sign=sign, evaluator=evaluator)
@@ -244,10 +254,51 @@ def train(config: RunConfig, *, output_dir: Union[str, Path] = "saved_models",
                    "phases": phases, "epochs": epochs_run,
                    "train_seconds": round(train_seconds, 2),
                    "method": method_summary(config)}
+        if backup is not None and backup.resuming:
+            results["resumed"] = backup.summary()
         export_felrec_run(model, run_dir, config=config,
                           state=serving_state(data, sign), metrics=results)
+    if backup is not None:  # exported (or not to be): nothing left to resume
+        backup.remove()
     return TrainResult(model, data, history, metrics, run_dir,
                        time.perf_counter() - started, phases)
+
+
+def _fit(model: FELRecModel, data: ChronologicalData, config: RunConfig,
+         callbacks: List[tf.keras.callbacks.Callback], verbose: Union[int, str],
+         backup: Optional[TrainingBackup], seconds: Any) -> Dict[str, List[float]]:
+    """Keras `fit` over the training interactions in time order; with a backup,
+    after every epoch and at the end (`tfrec_proxy.backup`), resuming from it."""
+    epochs, first = config.train.epochs, 0
+    states = keyed(callbacks, "fit")
+    prior: Dict[str, List[float]] = {}
+    if backup is not None and backup.resuming:
+        if verbose != 0:
+            print(f"Resuming from the backup in {str(backup.directory)!r}: "
+                  f"{backup.summary()}", flush=True)
+        backup.restore_model(model)
+        backup.restore_states(states)
+        finished = backup.finished_phases()
+        if finished:  # trained by an earlier process (which did not export)
+            return {k: list(v) for k, v in finished[0]["history"].items()}
+        point = backup.resume_point(0)
+        if point is not None:
+            first, prior = point[0], backup.phase_history()
+            epochs = first if point[1] else epochs  # its last epoch asked to stop
+    if backup is not None:
+        callbacks = [*callbacks, EpochBackup(backup, 0, states, {}, [], prior,
+                                             resume=first > 0, seconds=seconds)]
+    fitted = model.fit(dataset(data, "train", config.train.batch_size), epochs=epochs,
+                       initial_epoch=first, shuffle=False, verbose=verbose,
+                       callbacks=callbacks)
+    history = concat_history(prior, fitted.history)
+    if backup is not None:
+        record = {"name": "train", "epochs": len(history.get("loss", []))}
+        backup.save(model, phase=1, epoch=0, stopped=False, history={},
+                    done=[{"record": record, "history": history}], optimizer=False,
+                    states={key: state_of(c) for key, c in states.items()},
+                    train_seconds=seconds())
+    return history
 
 
 def method_summary(config: RunConfig) -> Dict[str, Any]:

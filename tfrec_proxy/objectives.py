@@ -20,6 +20,8 @@ Each objective is called with the `[N, (M,) d]` queries, the `[N]` target indice
 function embedding item indices with the candidate tower (so PIR and other towers
 work unchanged), the run's scorer (dot or MUR eq. 4) and `[N]` per-example weights,
 and returns the weighted summed loss. Padding (0) and OOV (1) are never candidates.
+Negatives are drawn by the layer's Keras random generator (`BaseRandomLayer`), so a
+resumed run draws what an uninterrupted one does (`tfrec_proxy.backup`).
 """
 
 from typing import Any, Callable, Dict, Optional
@@ -42,6 +44,17 @@ def _weighted_sum(losses: tf.Tensor, sample_weight: Optional[tf.Tensor]) -> tf.T
     return tf.reduce_sum(losses)
 
 
+def _categorical(layer: Any, log_q: tf.Tensor, count: int, dtype: tf.DType) -> tf.Tensor:
+    """`[count]` draws from `softmax(log_q)` by the layer's Keras random generator (a
+    checkpointed `tf.random.Generator` under `tfrec_proxy.backup.checkpointable_random`,
+    else TF's stateful op)."""
+    seed = layer._random_generator.make_seed_for_stateless_op()
+    if seed is None:
+        return tf.random.categorical(log_q[tf.newaxis, :], count, dtype=dtype)[0]
+    return tf.random.stateless_categorical(log_q[tf.newaxis, :], count, seed,
+                                           dtype=dtype)[0]
+
+
 def _positive_scores(scorer: Any, queries: tf.Tensor, positives: tf.Tensor) -> tf.Tensor:
     """`[N]` scores of each query against its own `[N, d]` positive."""
     return tf.cast(scorer.score_candidates(queries, positives[:, tf.newaxis, :])[:, 0],
@@ -49,7 +62,7 @@ def _positive_scores(scorer: Any, queries: tf.Tensor, positives: tf.Tensor) -> t
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
-class SampledBCE(tf.keras.layers.Layer):
+class SampledBCE(tf.keras.__internal__.layers.BaseRandomLayer):
     """Binary cross-entropy with `num_negatives` uniform negatives per target.
 
     Args:
@@ -87,8 +100,8 @@ class SampledBCE(tf.keras.layers.Layer):
         """
         count = tf.shape(target)[0]
         if negatives is None:
-            negatives = tf.random.uniform([count, self.num_negatives], FIRST_ITEM,
-                                          self.vocab_size, dtype=target.dtype)
+            negatives = self._random_generator.random_uniform(
+                [count, self.num_negatives], FIRST_ITEM, self.vocab_size, dtype=target.dtype)
         positive = _positive_scores(scorer, queries, embed(target))
         negative_vectors = embed(tf.reshape(negatives, [-1]))
         negative_vectors = tf.reshape(negative_vectors,
@@ -150,7 +163,7 @@ class FullSoftmax(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
-class SampledSoftmax(tf.keras.layers.Layer):
+class SampledSoftmax(tf.keras.__internal__.layers.BaseRandomLayer):
     """Softmax over each target and `num_negatives` negatives shared by the batch,
     with the logQ correction of the sampling distribution.
 
@@ -209,8 +222,7 @@ class SampledSoftmax(tf.keras.layers.Layer):
         """
         log_q = tf.math.log(tf.maximum(self.probabilities, 1e-30))
         if negatives is None:
-            negatives = tf.random.categorical(log_q[tf.newaxis, :], self.num_negatives,
-                                              dtype=target.dtype)[0]  # [S]
+            negatives = _categorical(self, log_q, self.num_negatives, target.dtype)  # [S]
         positive = _positive_scores(scorer, queries, embed(target))  # [N]
         negative = tf.cast(scorer.score_matrix(queries, embed(negatives)), tf.float32)
         logits = tf.concat([(positive - tf.gather(log_q, target))[:, tf.newaxis],
@@ -230,7 +242,7 @@ class SampledSoftmax(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
-class MarginLoss(tf.keras.layers.Layer):
+class MarginLoss(tf.keras.__internal__.layers.BaseRandomLayer):
     """ProxySR's hinge loss (eq. 8) with the distance regulariser of eq. 9.
 
     Args:
@@ -264,8 +276,8 @@ class MarginLoss(tf.keras.layers.Layer):
         to the target left out); arguments as in `SampledBCE`."""
         count = tf.shape(target)[0]
         if negatives is None:
-            negatives = tf.random.uniform([count, self.num_negatives], FIRST_ITEM,
-                                          self.vocab_size, dtype=target.dtype)
+            negatives = self._random_generator.random_uniform(
+                [count, self.num_negatives], FIRST_ITEM, self.vocab_size, dtype=target.dtype)
         positive = -_positive_scores(scorer, queries, embed(target))  # distances
         vectors = embed(tf.reshape(negatives, [-1]))
         vectors = tf.reshape(vectors, [count, self.num_negatives, vectors.shape[-1]])

@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import importlib
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -23,17 +22,17 @@ import numpy as np
 import pandas as pd
 
 from tfrec_proxy._tf import tf
-from tfrec_proxy.callbacks import TimeBudget
+from tfrec_proxy.backup import TrainingBackup, checkpointable_random, random_generators
 from tfrec_proxy.config import RunConfig, TrainConfig
-from tfrec_proxy.data import (PreparedData, Vocabulary, make_dataset, make_sequence_dataset,
-                              prepare_data, sequences_per_batch)
+from tfrec_proxy.data import PreparedData, Vocabulary, prepare_data
 from tfrec_proxy.data.prepare import CHUNKS, trained_positions
-from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
+from tfrec_proxy.evaluation import evaluate_model
 from tfrec_proxy.export import export_run
 from tfrec_proxy.metrics.clustering import silhouette_score
 from tfrec_proxy.models import (RetrievalModel, build_model, check_model_config,
                                 resolve_scorer)
 from tfrec_proxy.phases import ItemWeights, Phase
+from tfrec_proxy.schedule import build_towers, check_trainable, run_schedule
 from tfrec_proxy.registry import ENCODERS, WEIGHTINGS
 from tfrec_proxy.data.item_features import SPEC_FILE, ItemFeatures
 from tfrec_proxy.run_format import USERS_FILE, RunFormatError
@@ -109,55 +108,6 @@ def check_train_config(train: TrainConfig) -> None:
         check(train)
 
 
-def _sublayer(model: RetrievalModel, path: str) -> tf.keras.layers.Layer:
-    layer: Any = model
-    for part in path.split("."):
-        if not hasattr(layer, part):
-            raise ValueError(f"Cannot freeze {path!r}: the model has no {part!r} there; "
-                             "expected a path such as 'candidate_tower' or "
-                             "'query_tower.encoder'.")
-        layer = getattr(layer, part)
-    return layer
-
-
-def _datasets(config: RunConfig, data: PreparedData, model: RetrievalModel,
-              global_batch: int) -> Tuple[tf.data.Dataset, tf.data.Dataset]:
-    seed = config.train.seed
-    users = "user_id" in model.query_tower.context_specs
-    if config.model.all_positions and model.query_tower.supports_all_positions:
-        sequences = data.split.train_sequences
-        per_batch = max(sequences_per_batch(sequences, global_batch),
-                        config.train.min_sequences_per_batch)
-        train_ds = make_sequence_dataset(sequences, per_batch, shuffle=True, seed=seed,
-                                         with_users=users)
-    else:
-        train_ds = make_dataset(data.split.train, global_batch, shuffle=True, seed=seed,
-                                with_users=users)
-    return train_ds, make_dataset(data.split.validation, global_batch, with_users=users)
-
-
-def _phase_callbacks(config: RunConfig, data: PreparedData, phase: Phase,
-                     extra: Sequence[tf.keras.callbacks.Callback], verbose: int,
-                     model: Optional[RetrievalModel] = None
-                     ) -> List[tf.keras.callbacks.Callback]:
-    train = config.train
-    callbacks: List[tf.keras.callbacks.Callback] = [SampledRankingCallback(
-        data, "validation", ks=train.eval_ks, num_negatives=train.num_negatives,
-        seed=train.seed, chunks=train.eval_chunks)]
-    if phase.early_stopping and train.early_stopping_patience > 0:
-        callbacks.append(tf.keras.callbacks.EarlyStopping(
-            monitor=train.monitor, mode="min" if train.monitor.endswith("loss") else "max",
-            patience=train.early_stopping_patience, restore_best_weights=True,
-            verbose=verbose))
-    if train.tensorboard_dir:
-        callbacks.append(tf.keras.callbacks.TensorBoard(
-            log_dir=str(Path(train.tensorboard_dir) / phase.name)
-            if phase.name != "train" else train.tensorboard_dir))
-    tower = getattr(model, "query_tower", None)
-    own = list(tower.training_callbacks()) if hasattr(tower, "training_callbacks") else []
-    return callbacks + own + list(extra) + list(phase.callbacks)
-
-
 def _run_name() -> str:
     return "run-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
@@ -223,44 +173,27 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
     policy = tf.keras.mixed_precision.global_policy()
     if config.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    history: Dict[str, List[float]] = {}
-    done: List[Dict[str, Any]] = []
+    backup = None
     try:
-        with strategy.scope():
+        with strategy.scope(), checkpointable_random():
             model = build_model(config.model, data.vocab.size, config.data.max_len,
                                 data.sampling_probability, item_features=data.item_features,
                                 item_counts=data.item_counts,
                                 trained_positions=trained_positions(config.data),
                                 user_ids=_users_if_needed(config, data))
+            # Every layer (and dropout generator) now, so a backup's checkpoint covers
+            # them and a resumed run restores into them before its first step.
+            build_towers(model, config.data.max_len)
+            generators = random_generators(model)
             # Inside the scope: it may build the item tower's variables (IDW).
-            _check_trainable(model, phases)
+            check_trainable(model, phases)
         model.cross_replica_negatives = config.train.cross_replica_negatives
-        global_batch = config.train.batch_size * strategy.num_replicas_in_sync
-        train_ds, validation_ds = _datasets(config, data, model, global_batch)
-        budget = None
-        if config.train.time_budget_minutes is not None:  # the clock starts with fit
-            budget = TimeBudget(time.perf_counter() + 60.0 * config.train.time_budget_minutes)
-        for phase in phases:
-            phase_started = time.perf_counter()
-            out_of_time = budget is not None and budget.expired
-            run_it = not out_of_time and (phase.prepare is None
-                                          or phase.prepare(model, data) is not False)
-            fitted = _fit_phase(model, strategy, config, data, phase, train_ds,
-                                validation_ds, [*callbacks, *([budget] if budget else [])],
-                                verbose) if run_it else {}
-            offset = sum(p["epochs"] for p in done)
-            epochs = len(fitted.get("loss", []))
-            for key, values in fitted.items():
-                history.setdefault(key, [math.nan] * offset).extend(float(v) for v in values)
-            for column in history.values():  # NaN where a phase did not log a key
-                column.extend([math.nan] * (offset + epochs - len(column)))
-            done.append({"name": phase.name, "epochs": epochs,
-                         "seconds": round(time.perf_counter() - phase_started, 2),
-                         **phase.summary()})
-            if out_of_time:
-                done[-1]["time_budget"] = "skipped"
-            elif budget is not None and budget.stopped_at is not None:
-                done[-1]["time_budget"] = "stopped"
+        if config.train.backup_dir:
+            backup = TrainingBackup(config.train.backup_dir, config.to_dict(),
+                                    chief=is_chief(strategy))
+            backup.generators = generators
+        history, done = run_schedule(model, strategy, config, data, phases, callbacks,
+                                     verbose, backup)
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
     train_seconds = time.perf_counter() - started
@@ -290,6 +223,8 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         results = {"test": metrics, "data": data.summary(), "history": history,
                    "phases": done, "epochs": sum(p["epochs"] for p in done),
                    "train_seconds": round(train_seconds, 2), "method": method_summary(config)}
+        if backup is not None and backup.resuming:
+            results["resumed"] = backup.summary()
         stats = {"counts": data.item_counts}
         if data.item_clusters is not None:
             stats["clusters"] = data.item_clusters
@@ -306,6 +241,8 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
                            metrics=results, item_stats=stats, state=state,
                            item_features=data.item_features)
             run_dir = None
+    if backup is not None:  # the run is exported (or was not to be): nothing to resume
+        backup.remove()
     return TrainResult(model, data, history, metrics, run_dir,
                        time.perf_counter() - started, done)
 
@@ -360,23 +297,6 @@ def method_summary(config: RunConfig) -> Dict[str, Any]:
             "item_norm": model.item_norm, "weighting": config.train.weighting}
 
 
-def _check_trainable(model: RetrievalModel, phases: Sequence[Phase]) -> None:
-    """Fails before training when a phase must train a sub-layer that is frozen in
-    that phase, not trainable or without trainable weights."""
-    for phase in phases:
-        for path in phase.needs_trainable:
-            layer = _sublayer(model, path)
-            if path in phase.frozen or not layer.trainable:
-                raise ValueError(f"Phase {phase.name!r} must train {path!r}, but it is "
-                                 "frozen (IDW re-weights by the item tower's outputs, so it "
-                                 "needs a trainable item tower).")
-            if path == "candidate_tower":  # build its variables to count them
-                layer(model.candidate_features(tf.constant([2], tf.int32)))
-            if not layer.trainable_weights:
-                raise ValueError(f"Phase {phase.name!r} must train {path!r}, but it has no "
-                                 "trainable weights.")
-
-
 def _run_state(phases: Sequence[Phase]) -> Dict[str, Dict[str, np.ndarray]]:
     """The arrays that phases' callbacks save with the run (`run_state()`)."""
     state: Dict[str, Dict[str, np.ndarray]] = {}
@@ -385,36 +305,6 @@ def _run_state(phases: Sequence[Phase]) -> Dict[str, Dict[str, np.ndarray]]:
             if hasattr(callback, "run_state"):
                 state.update(callback.run_state())
     return state
-
-
-
-def _fit_phase(model: RetrievalModel, strategy: tf.distribute.Strategy, config: RunConfig,
-               data: PreparedData, phase: Phase, train_ds: tf.data.Dataset,
-               validation_ds: tf.data.Dataset,
-               callbacks: Sequence[tf.keras.callbacks.Callback],
-               verbose: Union[int, str]) -> Dict[str, List[float]]:
-    """Freezes, sets weights, compiles (a fresh optimizer) and fits one phase."""
-    frozen = [_sublayer(model, path) for path in phase.frozen]
-    if phase.item_loss_weights is not None:
-        weights = phase.item_loss_weights
-        model.set_item_loss_weights(weights(model, data) if callable(weights) else weights)
-    for layer in frozen:
-        layer.trainable = False
-    try:
-        with strategy.scope():
-            model.compile(optimizer=tf.keras.optimizers.Adam(
-                phase.learning_rate or config.train.learning_rate),
-                jit_compile=config.train.jit_compile)
-        fitted = model.fit(
-            train_ds, validation_data=validation_ds,
-            epochs=phase.epochs or config.train.epochs,
-            callbacks=_phase_callbacks(config, data, phase, callbacks, int(verbose != 0),
-                                       model),
-            verbose=verbose)
-    finally:
-        for layer in frozen:
-            layer.trainable = True
-    return fitted.history
 
 
 def restore_model(run_dir: Union[str, Path]) -> Tuple[RetrievalModel, Vocabulary, RunConfig]:
@@ -441,10 +331,7 @@ def restore_model(run_dir: Union[str, Path]) -> Tuple[RetrievalModel, Vocabulary
     model = build_model(config.model, vocab.size, config.data.max_len,
                         item_features=read_item_features(run_dir),
                         trained_positions=trained_positions(config.data), user_ids=users)
-    # Create the towers' variables so the checkpoint restores into them now.
-    model.query_tower(model.sample_query_features(
-        tf.zeros([1, config.data.max_len], tf.int32)))
-    model.candidate_tower(model.candidate_features(tf.zeros([1], tf.int32)))
+    build_towers(model, config.data.max_len)  # so the checkpoint restores into them now
     status = model.load_weights(str(run_dir / "weights" / "model"))
     status.expect_partial().assert_existing_objects_matched()
     return model, vocab, config

@@ -17,8 +17,8 @@ DEFAULT_DATA_PATH = "../shared/data/ml-1m"
 STRATEGIES = ("default", "mirrored", "multi_worker")  # tfrec_proxy.training.STRATEGIES
 EVAL_CHUNKS = ("all", "last")  # tfrec_proxy.training.EVAL_CHUNKS
 # data.prepare.DATA_SOURCES less "dataframe"
-DATA_SOURCES = ("synthetic", "file", "sessions", "synthetic-sessions")
-PATH_SOURCES = ("file", "sessions")  # sources read from --data-path
+DATA_SOURCES = ("synthetic", "file", "sessions", "synthetic-sessions", "shards")
+PATH_SOURCES = ("file", "sessions", "shards")  # sources read from --data-path
 FILE_FORMATS = ("auto", "movielens", "sasrec", "csv", "tsv", "parquet")  # data.loaders
 EXTRACTIONS = ("last", "mean", "mur")  # registry.EXTRACTIONS (built-in names)
 SCORERS = ("auto", "dot", "mur")  # registry.SCORERS (built-in names) and "auto"
@@ -92,8 +92,9 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--data", "data.source", "data source: the synthetic long-tail generator, "
                "an interaction file (--data-path), a session log (--data-path; "
                "default the shared Diginetica sample) for the session task, or the "
-               "generator's clicks cut into sessions (synthetic-sessions, known users)",
-               choices=DATA_SOURCES),
+               "generator's clicks cut into sessions (synthetic-sessions, known users), "
+               "or the TFRecord shards of pipelines/beam_preprocess.py (shards, "
+               "--data-path DIR)", choices=DATA_SOURCES),
     ConfigFlag("--data-path", "data.path", "interaction file or folder (ratings.dat, "
                f"ml-1m.txt, CSV/TSV/Parquet); implies --data file (default for --data "
                f"file: {DEFAULT_DATA_PATH})"),
@@ -277,6 +278,8 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--time-budget", "train.time_budget_minutes", "stop training after this many "
                "minutes (the best weights so far are kept; later phases skipped)",
                type=positive_float),
+    ConfigFlag("--backup-dir", "train.backup_dir", "back up training after every epoch; "
+               "rerunning the same command resumes from there (deleted once exported)"),
     ConfigFlag("--weighting", "train.weighting", "per-example loss weights: none, frequency "
                "balance (1/p(y)) or IDW iterative density weighting", choices=WEIGHTINGS),
     ConfigFlag("--idw-momentum", "train.idw.momentum", "IDW weight momentum m (eq. 9)",

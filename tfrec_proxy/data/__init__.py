@@ -10,7 +10,8 @@ from tfrec_proxy.data.loaders import (FILE_FORMATS, REQUIRED_COLUMNS, LoadReport
                                       validate_interactions)
 from tfrec_proxy.data.tables import select_columns
 from tfrec_proxy.data.examples import Examples, SequenceExamples
-from tfrec_proxy.data.datasets import make_dataset, make_sequence_dataset, sequences_per_batch
+from tfrec_proxy.data.datasets import (EpochShuffled, make_dataset, make_sequence_dataset,
+                                       sequences_per_batch, training_tensors)
 from tfrec_proxy.data.sequences import (SequenceSplit, head_item_mask, item_frequencies,
                                         leave_one_out, sampling_probabilities,
                                         split_long_sequences, user_item_sets, user_sequences)
@@ -21,9 +22,11 @@ from tfrec_proxy.data.vocab import OOV, PAD, Vocabulary
 __all__ = [
     "FILE_FORMATS", "REQUIRED_COLUMNS", "LoadReport", "default_data_dir",
     "load_interactions", "validate_interactions", "select_columns",
-    "Examples", "SequenceExamples", "SequenceSplit", "head_item_mask", "item_frequencies",
+    "EpochShuffled", "Examples", "SequenceExamples", "SequenceSplit", "head_item_mask",
+    "item_frequencies",
     "leave_one_out", "make_dataset", "make_sequence_dataset", "sampling_probabilities",
-    "sequences_per_batch", "split_long_sequences", "user_item_sets", "user_sequences",
+    "sequences_per_batch", "split_long_sequences", "training_tensors", "user_item_sets",
+    "user_sequences",
     "SyntheticData", "generate_long_tail", "to_sessions",
     "OOV", "PAD", "Vocabulary",
     "DATA_SOURCES", "PreparedData", "prepare_data",

@@ -44,11 +44,8 @@ def make_dataset(examples: Examples, batch_size: int, shuffle: bool = False, see
     check_positive_int("batch_size", batch_size)
     if len(examples) == 0:
         raise ValueError("examples is empty: nothing to put in a dataset")
-    tensors = {"history": examples.history.astype(np.int32),
-               "target": examples.target.astype(np.int32)}
-    if with_users:
-        tensors["user_id"] = examples.owner.astype(np.int64)
-    return _batched(tensors, len(examples), batch_size, shuffle, seed, drop_remainder)
+    return _batched(training_tensors(examples, with_users), len(examples), batch_size,
+                    shuffle, seed, drop_remainder)
 
 
 def make_sequence_dataset(sequences: SequenceExamples, batch_size: int,
@@ -76,11 +73,93 @@ def make_sequence_dataset(sequences: SequenceExamples, batch_size: int,
     check_positive_int("batch_size", batch_size)
     if len(sequences) == 0:
         raise ValueError("sequences is empty: nothing to put in a dataset")
-    tensors = {"history": sequences.history.astype(np.int32),
-               "targets": sequences.targets.astype(np.int32)}
+    return _batched(training_tensors(sequences, with_users), len(sequences), batch_size,
+                    shuffle, seed, drop_remainder)
+
+
+class EpochShuffled:
+    """Training batches whose order in an epoch is a function of the seed, the
+    stream and the epoch only, so a run resumed at epoch e (`tfrec_proxy.backup`)
+    sees the batches an uninterrupted run sees there. (`Dataset.shuffle(...,
+    reshuffle_each_iteration=True)` draws each epoch's order from a state that
+    restarts in a new process.)
+
+    Args:
+        tensors: `{name: [N, ...] array}` of the examples (or sequences).
+        batch_size: B.
+        seed: Shuffle seed.
+        drop_remainder: Drop a last batch smaller than B.
+
+    Example:
+
+        stream = EpochShuffled({"history": h, "target": t}, batch_size=256, seed=0)
+        model.fit(stream.epochs(0, 10), epochs=10, steps_per_epoch=stream.steps_per_epoch)
+    """
+
+    def __init__(self, tensors: dict, batch_size: int, seed: int = 0,
+                 drop_remainder: bool = False) -> None:
+        check_positive_int("batch_size", batch_size)
+        self.tensors, self.batch_size, self.seed = tensors, batch_size, int(seed)
+        self.drop_remainder = drop_remainder
+        self.size = len(next(iter(tensors.values())))
+        if self.size == 0:
+            raise ValueError("no examples: nothing to put in a dataset")
+        full, rest = divmod(self.size, batch_size)
+        self.steps_per_epoch = full + (0 if drop_remainder or not rest else 1)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.size} examples make no batch of {batch_size} with "
+                             "drop_remainder")
+        self._base = None
+
+    def epochs(self, first: int, last: int, stream: int = 0) -> "tf.data.Dataset":
+        """Epochs `first` to `last - 1` of stream `stream` (e.g. the phase index), one
+        after another (`steps_per_epoch` batches each).
+
+        Returns:
+            Dataset of the batched tensors, `(last - first) * steps_per_epoch` batches.
+        """
+        from tfrec_proxy._tf import tf
+
+        if not 0 <= first <= last:
+            raise ValueError(f"expected 0 <= first <= last, got first={first}, "
+                             f"last={last}")
+        if self._base is None:
+            self._base = {name: tf.constant(value) for name, value in self.tensors.items()}
+        base, size, batch = self._base, self.size, self.batch_size
+        key = (self.seed * 1_000_003 + stream * 10_007) % (2 ** 62)
+
+        # A stateless draw per (key, epoch): Dataset.shuffle takes no tensor seed
+        # once a global seed is set, and its stateful reshuffle restarts in a new
+        # process.
+        def one_epoch(epoch: "tf.Tensor") -> "tf.data.Dataset":
+            order = tf.argsort(tf.random.stateless_uniform(
+                [size], seed=tf.stack([tf.constant(key, tf.int64), epoch])))
+            return tf.data.Dataset.from_tensor_slices(order).batch(
+                batch, drop_remainder=self.drop_remainder)
+
+        def gather(rows: "tf.Tensor") -> dict:
+            return {name: tf.gather(value, rows) for name, value in base.items()}
+
+        return (tf.data.Dataset.range(first, last).flat_map(one_epoch)
+                .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .prefetch(tf.data.AUTOTUNE))
+
+
+def training_tensors(examples: "Examples | SequenceExamples", with_users: bool = False
+                     ) -> dict:
+    """The arrays `make_dataset` / `make_sequence_dataset` batch, for
+    `EpochShuffled`."""
+    if isinstance(examples, SequenceExamples):
+        tensors = {"history": examples.history.astype(np.int32),
+                   "targets": examples.targets.astype(np.int32)}
+        if with_users:
+            tensors["user_id"] = examples.user.astype(np.int64)
+        return tensors
+    tensors = {"history": examples.history.astype(np.int32),
+               "target": examples.target.astype(np.int32)}
     if with_users:
-        tensors["user_id"] = sequences.user.astype(np.int64)
-    return _batched(tensors, len(sequences), batch_size, shuffle, seed, drop_remainder)
+        tensors["user_id"] = examples.owner.astype(np.int64)
+    return tensors
 
 
 def sequences_per_batch(sequences: SequenceExamples, target_batch: int) -> int:

@@ -83,7 +83,7 @@ class TransformerBlock(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
-class SelfAttentionEncoder(tf.keras.layers.Layer):
+class SelfAttentionEncoder(tf.keras.__internal__.layers.BaseRandomLayer):
     """Item-id history -> hidden states: embedding + learned positions + blocks.
 
     Histories are left-padded with 0 (the padding index). Positions count forward
@@ -174,7 +174,8 @@ class SelfAttentionEncoder(tf.keras.layers.Layer):
         mask = tf.not_equal(history, 0)
         if training and self.oov_rate > 0:
             replace = tf.logical_and(
-                mask, tf.random.uniform(tf.shape(history)) < self.oov_rate)
+                mask, self._random_generator.random_uniform(tf.shape(history))
+                < self.oov_rate)
             history = tf.where(replace, tf.ones_like(history), history)
         items = embed_history_items(self, history, training)
         x = items + self.position_embedding(self.positions(mask))

@@ -171,7 +171,8 @@ class BlockEncoder(SelfAttentionEncoder):
         mask = self.compute_mask(history)
         if training and self.oov_rate > 0:
             replace = tf.logical_and(
-                mask, tf.random.uniform(tf.shape(history)) < self.oov_rate)
+                mask, self._random_generator.random_uniform(tf.shape(history))
+                < self.oov_rate)
             history = tf.where(replace, tf.ones_like(history), history)
         items = embed_history_items(self, history, training)
         if self.embedding_scale != 1.0:

@@ -261,6 +261,16 @@ class DensityWeighting(tf.keras.callbacks.Callback):
         """`{"idw.npz": arrays}` for the run folder."""
         return {STATE_FILE: self.state.to_arrays()}
 
+    def get_state(self) -> Dict[str, np.ndarray]:
+        """The `IDWState` as arrays, for a training backup (`tfrec_proxy.backup`)."""
+        return self.state.to_arrays()
+
+    def set_state(self, state: Dict[str, np.ndarray]) -> None:
+        """Restores `get_state()` in place (the calibration phase shares the state)."""
+        restored = IDWState.from_arrays(state)
+        for field in dataclasses.fields(IDWState):
+            setattr(self.state, field.name, getattr(restored, field.name))
+
 
 class _Calibration(tf.keras.callbacks.Callback):
     """Marks the state's phase during and after calibration."""
