@@ -9,6 +9,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"',
                     Path(__file__).with_name("tfrec_proxy").joinpath("version.py")
                     .read_text()).group(1)
 
+BEAM = "apache-beam[tfrecord]==2.77.0"  # [tfrecord]: CRC32C for TFRecords
+
 setup(
     name="tfrec_proxy",
     version=VERSION,
@@ -33,8 +35,13 @@ setup(
         "fastapi==0.165.0",       # `tfrec-proxy serve`: TF Serving's REST API
         "uvicorn==0.54.0",
     ],
-    extras_require={"test": ["pytest>=8,<10",
-                             "httpx==0.28.1",  # real HTTP requests to a served run
-                             "hypothesis==6.170.17"]},  # property tests of the input paths
+    extras_require={
+        # `pipelines/beam_preprocess.py`: preprocessing at scale (resolves beside TF 2.20).
+        "beam": [BEAM],
+        "test": ["pytest>=8,<10",
+                 "httpx==0.28.1",         # real HTTP requests to a served run
+                 "hypothesis==6.170.17",  # property tests of the input paths
+                 BEAM],                   # the Beam pipeline's DirectRunner tests
+    },
     entry_points={"console_scripts": ["tfrec-proxy=tfrec_proxy.cli:main"]},
 )

@@ -30,7 +30,8 @@ from tfrec_proxy.data.synthetic_timeline import interleave_timeline, resolve_tim
 from tfrec_proxy.data.tables import select_columns
 from tfrec_proxy.data.vocab import Vocabulary
 
-DATA_SOURCES = ("synthetic", "file", "dataframe", "sessions", "synthetic-sessions")
+DATA_SOURCES = ("synthetic", "file", "dataframe", "sessions", "synthetic-sessions",
+                "shards")
 SPLITS = ("chunked", "per-user", "chronological")
 DIGINETICA_SAMPLE = "diginetica-sample/sample_train-item-views.csv"
 CHUNKS = ("all", "last")
@@ -60,6 +61,8 @@ class PreparedData:
         test_unseen: bool `[N_test]` for the session task: the test targets that do
             not occur earlier in their session (ProxySR's next-unseen-item task;
             split `"test_unseen"`), None otherwise.
+        totals: `{"interactions", "users"}` for `summary()` when `interactions` is
+            not kept (`source="shards"`), else None.
     """
 
     interactions: pd.DataFrame
@@ -75,6 +78,7 @@ class PreparedData:
     cold_items: Optional[np.ndarray] = None
     cold: Optional[Examples] = None
     test_unseen: Optional[np.ndarray] = None
+    totals: Optional[Dict[str, int]] = None
 
     def examples(self, name: str, chunks: str = "all") -> Examples:
         """The `"train"`, `"validation"`, `"test"` (or, with cold items, `"cold"`)
@@ -105,8 +109,9 @@ class PreparedData:
     def summary(self) -> Dict[str, int]:
         cold = {} if self.cold is None else {
             "cold_items": int(self.cold_items.sum()), "cold_examples": len(self.cold)}
-        return {**cold, "interactions": len(self.interactions),
-                "users": int(self.interactions["user_id"].nunique()),
+        totals = self.totals or {"interactions": len(self.interactions),
+                                 "users": int(self.interactions["user_id"].nunique())}
+        return {**cold, "interactions": totals["interactions"], "users": totals["users"],
                 "items": len(self.vocab.ids),
                 "train_examples": len(self.split.train),
                 "validation_examples": len(self.split.validation),
@@ -173,6 +178,8 @@ def prepare_data(config: DataConfig,
                          "source='file'.")
     if config.source in ("sessions", "synthetic-sessions"):
         return prepare_sessions(config)
+    if config.source == "shards":  # the Beam pipeline's output (data.beam_preprocess)
+        return _prepare_shards(config)
     report = None
     clusters_by_id = None
     synthetic = None
@@ -226,6 +233,19 @@ def prepare_data(config: DataConfig,
     return PreparedData(interactions, vocab, split, counts, sampling_probabilities(counts),
                         head_item_mask(counts), report, item_clusters, dropped,
                         _item_features(config, vocab, synthetic), cold_items, cold)
+
+
+def _prepare_shards(config: DataConfig) -> PreparedData:
+    from tfrec_proxy.data.shards import load_prepared
+    if not config.path:
+        raise ValueError("DataConfig.source='shards' needs DataConfig.path (--data-path): "
+                         "the output folder of pipelines/beam_preprocess.py.")
+    if config.cold_items:
+        raise ValueError("DataConfig.source='shards' holds no cold items; set "
+                         "cold_items = 0.")
+    data = load_prepared(config.path, max_len=config.max_len)
+    data.item_features = _item_features(config, data.vocab, None)
+    return data
 
 
 def session_data_path(path: Optional[str]) -> Path:
