@@ -145,9 +145,10 @@ def test_usage_errors_are_one_line_with_status_2(argv, message, capsys):
 def test_choices_agree_with_the_library():
     from tfrec_proxy.data.loaders import FILE_FORMATS
     from tfrec_proxy.data.prepare import DATA_SOURCES
-    from tfrec_proxy.training import EVAL_CHUNKS, STRATEGIES
+    from tfrec_proxy.training import EVAL_CHUNKS, OPTIMIZERS, STRATEGIES
 
     assert cli_flags.STRATEGIES == STRATEGIES and cli_flags.EVAL_CHUNKS == EVAL_CHUNKS
+    assert cli_flags.OPTIMIZERS == OPTIMIZERS
     # "dataframe" needs a pandas frame handed over in Python: not a CLI source.
     assert set(cli_flags.DATA_SOURCES) == set(DATA_SOURCES) - {"dataframe"}
     assert cli_flags.FILE_FORMATS == FILE_FORMATS

@@ -63,6 +63,20 @@ def test_unknown_monitor_is_an_error():
         train(tiny_config(early_stopping_patience=2, monitor="val_hr@10"), export=False)
 
 
+def test_unknown_optimizer_is_an_error():
+    with pytest.raises(ValueError, match=r"Unknown optimizer 'rmsprop'; expected one of"):
+        train(tiny_config(optimizer="rmsprop"), export=False)
+
+
+def test_sgd_optimizer_settings():
+    from tfrec_proxy.schedule import make_optimizer
+
+    optimizer = make_optimizer("sgd", 0.05)
+    assert isinstance(optimizer, tf.keras.optimizers.SGD)
+    assert optimizer.get_config()["momentum"] == pytest.approx(0.9)
+    assert float(optimizer.learning_rate) == pytest.approx(0.05)
+
+
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="Unknown strategy 'tpu'"):
         get_strategy("tpu")

@@ -292,7 +292,12 @@ class TrainConfig:
         batch_size: Training targets per replica per step (global = this x
             replicas). With `ModelConfig.all_positions`, whole sequences are batched,
             as many as hold about this many targets.
-        learning_rate: Adam learning rate (IDW §4.4: 0.01).
+        learning_rate: The optimizer's learning rate (IDW §4.4, Adam: 0.01).
+        optimizer: `"adam"` (default) or `"sgd"` (momentum 0.9). SGD is linear in
+            the gradients, so float rounding stays at rounding size; Adam divides by
+            the gradient's running scale, which turns rounding noise on parameters
+            whose gradient is ~0 into steps of the learning rate's size (seen when
+            comparing distributed runs).
         early_stopping_patience: Epochs without improvement of `monitor` before
             stopping; 0 disables early stopping.
         monitor: Validation metric to watch (`val_hr@20`, `val_ndcg@20`, `val_loss`).
@@ -334,6 +339,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 0.01
+    optimizer: str = "adam"
     early_stopping_patience: int = 3
     monitor: str = "val_ndcg@20"
     eval_ks: Tuple[int, ...] = (5, 20)

@@ -194,6 +194,15 @@ def run_schedule(model: RetrievalModel, strategy: tf.distribute.Strategy,
     return history, done
 
 
+def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
+    """A fresh optimizer for one phase: `"adam"` or `"sgd"` (momentum 0.9)."""
+    if name == "sgd":
+        return tf.keras.optimizers.SGD(learning_rate, momentum=0.9)
+    if name == "adam":
+        return tf.keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"Unknown optimizer {name!r}; expected 'adam' or 'sgd'.")
+
+
 def _fit_phase(model: RetrievalModel, strategy: tf.distribute.Strategy, config: RunConfig,
                data: PreparedData, phase: Phase, stream: EpochShuffled, index: int,
                validation_ds: tf.data.Dataset,
@@ -213,8 +222,8 @@ def _fit_phase(model: RetrievalModel, strategy: tf.distribute.Strategy, config: 
     first = 0
     try:
         with strategy.scope():
-            model.compile(optimizer=tf.keras.optimizers.Adam(
-                phase.learning_rate or config.train.learning_rate),
+            model.compile(optimizer=make_optimizer(
+                config.train.optimizer, phase.learning_rate or config.train.learning_rate),
                 jit_compile=config.train.jit_compile)
             if point is not None and restore is not None:
                 model.optimizer.build(model.trainable_variables)

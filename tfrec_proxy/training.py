@@ -38,8 +38,9 @@ from tfrec_proxy.data.item_features import SPEC_FILE, ItemFeatures
 from tfrec_proxy.run_format import USERS_FILE, RunFormatError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
+OPTIMIZERS = ("adam", "sgd")  # TrainConfig.optimizer (schedule.make_optimizer)
 EVAL_CHUNKS = CHUNKS
-__all__ = ["EVAL_CHUNKS", "ItemWeights", "Phase", "STRATEGIES", "TrainResult",
+__all__ = ["EVAL_CHUNKS", "ItemWeights", "OPTIMIZERS", "Phase", "STRATEGIES", "TrainResult",
            "check_train_config", "format_metrics", "get_strategy", "is_chief",
            "read_item_features", "restore_model", "train"]
 
@@ -99,6 +100,9 @@ def check_train_config(train: TrainConfig) -> None:
         raise ValueError(f"num_negatives must be >= 1, got {train.num_negatives}.")
     if train.strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {train.strategy!r}; expected one of {STRATEGIES}.")
+    if train.optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {train.optimizer!r}; expected one of "
+                         f"{OPTIMIZERS}.")
     if train.time_budget_minutes is not None and not train.time_budget_minutes > 0:
         raise ValueError(f"time_budget_minutes must be > 0 (or None for no limit), got "
                          f"{train.time_budget_minutes}.")

@@ -15,6 +15,7 @@ DEFAULT_DATA_PATH = "../shared/data/ml-1m"
 # Mirrors of library constants (checked by the tests): importing their modules would
 # import TensorFlow (training) or pandas (data).
 STRATEGIES = ("default", "mirrored", "multi_worker")  # tfrec_proxy.training.STRATEGIES
+OPTIMIZERS = ("adam", "sgd")  # tfrec_proxy.training.OPTIMIZERS
 EVAL_CHUNKS = ("all", "last")  # tfrec_proxy.training.EVAL_CHUNKS
 # data.prepare.DATA_SOURCES less "dataframe"
 DATA_SOURCES = ("synthetic", "file", "sessions", "synthetic-sessions", "shards")
@@ -250,8 +251,10 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--epochs", "train.epochs", "maximum training epochs", type=positive_int),
     ConfigFlag("--batch-size", "train.batch_size", "training targets per replica per step",
                type=positive_int),
-    ConfigFlag("--learning-rate", "train.learning_rate", "Adam learning rate",
+    ConfigFlag("--learning-rate", "train.learning_rate", "the optimizer's learning rate",
                type=positive_float),
+    ConfigFlag("--optimizer", "train.optimizer", "Adam, or SGD with momentum 0.9",
+               choices=OPTIMIZERS),
     ConfigFlag("--patience", "train.early_stopping_patience", "epochs without improvement "
                "of --monitor before stopping; 0 disables early stopping",
                type=non_negative_int),
