@@ -412,7 +412,7 @@ class RunConfig:
     def from_json(cls, path: Union[str, Path]) -> "RunConfig":
         path = Path(path)
         try:
-            values = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:  # ValueError: bad JSON or UTF-8
             raise ValueError(f"Cannot read run config {str(path)!r}: {error}") from error
         return cls.from_dict(values)

@@ -20,7 +20,8 @@ from tfrec_proxy.data.vocab import Vocabulary
 from tfrec_proxy.models import resolve_scorer
 from tfrec_proxy.run_format import (FORMAT, FORMAT_VERSION, INDEXES, MIN_SCANN_CANDIDATES,
                                     PAD_ID, STATE_FOLDER, USERS_FILE, RunFormatError,
-                                    read_manifest, write_atomically, write_json)
+                                    file_inventory, read_manifest, write_atomically,
+                                    write_json)
 from tfrec_proxy.new_items import ADDED_PREFIX, ITEM_MODEL, AddedItems, added_items_for_repair
 from tfrec_proxy.registry import ITEM_TOWERS
 from tfrec_proxy.savedmodels import (ItemModule, QueryModule, build_index, pack_histories,
@@ -280,8 +281,7 @@ def _write_run(model: tf.keras.Model, folder: Path, vocab: Vocabulary, config: R
         "library_version": __version__,
         "tensorflow_version": tf.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-                 + ["manifest.json"],
+        **file_inventory(folder),
     }
     write_json(folder / "manifest.json", manifest)
 

@@ -51,8 +51,8 @@ from tfrec_proxy.data.vocab import Vocabulary
 from tfrec_proxy.felrec import FELRecModel
 from tfrec_proxy.layers.felrec import ITEMS_OF_USER, USERS_OF_ITEM
 from tfrec_proxy.run_format import (FORMAT, FORMAT_VERSION, INDEXES, MIN_SCANN_CANDIDATES,
-                                    USERS_FILE, RunFormatError, read_manifest,
-                                    write_atomically, write_json)
+                                    USERS_FILE, RunFormatError, file_inventory,
+                                    read_manifest, write_atomically, write_json)
 from tfrec_proxy.savedmodels import build_index, save_retrieval_model, scann_parameters
 from tfrec_proxy.scoring import DotScorer
 from tfrec_proxy.version import __version__
@@ -250,8 +250,7 @@ def _write(model: FELRecModel, folder: Path, config: RunConfig, state: ServingSt
         "last_timestamp": int(state.last_timestamp), "library_version": __version__,
         "tensorflow_version": tf.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-        + ["manifest.json"]}
+        **file_inventory(folder)}
     write_json(folder / "manifest.json", manifest)
 
 

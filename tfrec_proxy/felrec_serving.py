@@ -24,8 +24,8 @@ import numpy as np
 
 from tfrec_proxy._tf import tf
 from tfrec_proxy.data.vocab import Vocabulary
-from tfrec_proxy.run_format import USERS_FILE, read_manifest
-from tfrec_proxy.serving import Run
+from tfrec_proxy.run_format import USERS_FILE, read_arrays, read_json, read_manifest
+from tfrec_proxy.serving import Run, load_saved_model
 
 _BY_USER = ("FELRec runs are queried by user id (a user is its cached representation): "
             "use run.recommend_users([...], k) / run.embed_users([...]) (CLI: tfrec-proxy "
@@ -59,9 +59,7 @@ class FELRecRun(Run):
         self._load_cache_ids()
 
     def _load_cache_ids(self) -> None:
-        import json
-
-        self.users = Vocabulary(json.loads((self.path / USERS_FILE).read_text())["ids"])
+        self.users = Vocabulary(read_json(self.path / USERS_FILE)["ids"])
         self._empty_item: Optional[np.ndarray] = None
 
     @property
@@ -89,8 +87,7 @@ class FELRecRun(Run):
     def _item_vectors(self, item_ids: np.ndarray) -> np.ndarray:
         rows = self.candidate_positions(item_ids)
         if self._empty_item is None:
-            with np.load(self.path / "cache.npz") as stored:
-                empty = stored["empty_item"]
+            empty = read_arrays(self.path / "cache.npz", ["empty_item"])["empty_item"]
             self._empty_item = (empty / max(np.linalg.norm(empty), 1e-12)).astype(np.float32)
         vectors = np.tile(self._empty_item, (len(item_ids), 1))
         vectors[rows >= 0] = self.candidate_embeddings[rows[rows >= 0]]
@@ -147,8 +144,8 @@ class FELRecRun(Run):
         return np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
 
     def _recent_items(self, user_ids: np.ndarray) -> List[set]:
-        with np.load(self.path / "cache.npz") as stored:
-            recent, item_ids = stored["user_recent"], stored["item_ids"]
+        stored = read_arrays(self.path / "cache.npz", ["user_recent", "item_ids"])
+        recent, item_ids = stored["user_recent"], stored["item_ids"]
         rows = self.users.lookup(user_ids).astype(np.int64) - 2
         return [set() if row < 0 else set(item_ids[recent[row][recent[row] >= 0]].tolist())
                 for row in rows]
@@ -162,7 +159,7 @@ class FELRecRun(Run):
         report = update_cache(self.path, interactions, batch_size)
         self.manifest = read_manifest(self.path)
         self.vocab = Vocabulary.load(self.path / "vocabulary.json")
-        self._query_model = tf.saved_model.load(str(self.path / "query_model"))
+        self._query_model = load_saved_model(self.path / "query_model")
         from tfrec_proxy.serving import SavedScorer
 
         self.scorer = SavedScorer(self._query_model)

@@ -33,7 +33,7 @@ import pandas as pd
 
 from tfrec_proxy.data.frames import integer_column
 from tfrec_proxy.data.item_features import SPEC_FILE, ItemFeatures, read_item_table
-from tfrec_proxy.run_format import read_manifest
+from tfrec_proxy.run_format import read_arrays, read_manifest
 
 ITEM_MODEL = "item_model"
 ADDED_PREFIX = "added_items"
@@ -83,9 +83,9 @@ class AddedItems:
 
     @classmethod
     def load(cls, path: Path) -> "AddedItems":
-        with np.load(path) as arrays:
-            return cls(arrays["ids"], arrays["attributes"], arrays["context"],
-                       arrays["embeddings"])
+        arrays = read_arrays(path, ["ids", "attributes", "context", "embeddings"])
+        return cls(arrays["ids"], arrays["attributes"], arrays["context"],
+                   arrays["embeddings"])
 
 
 def added_items(run_dir: Union[str, Path], manifest: Optional[Dict[str, Any]] = None
@@ -263,7 +263,12 @@ def add_items(run_dir: Union[str, Path], item_ids: Sequence[int],
         everything.save(run_dir / name)
         record = {"file": name, "count": len(everything), "indexed": indexed}
         files = [f for f in manifest["files"] if not f.startswith(ADDED_PREFIX)] + [name]
-        _replace_manifest(run_dir, dict(manifest, added_items=record, files=sorted(files)))
+        updated = dict(manifest, added_items=record, files=sorted(files))
+        if isinstance(manifest.get("file_sizes"), dict):
+            updated["file_sizes"] = {**{f: size for f, size in manifest["file_sizes"].items()
+                                        if not f.startswith(ADDED_PREFIX)},
+                                     name: (run_dir / name).stat().st_size}
+        _replace_manifest(run_dir, updated)
         old_name = (manifest.get("added_items") or {}).get("file")
         if old_name and old_name != name:
             (run_dir / old_name).unlink(missing_ok=True)

@@ -3,8 +3,9 @@
 A run folder (`saved_models/<run>/`) holds:
 
 * `manifest.json`: format version, model kind, scorer, query shape, dimensions,
-  vocabulary size, max k, indexes, library/TensorFlow versions, creation time and the
-  list of every file (all checked by `read_manifest`).
+  vocabulary size, max k, indexes, library/TensorFlow versions, creation time, the
+  list of every file and each file's size in bytes (all checked by `read_manifest`:
+  a missing, truncated or overwritten file is named at load time).
 * `config.json`: the `RunConfig` the model was built and trained with.
 * `vocabulary.json`: raw item id <-> index.
 * `weights/`: a TensorFlow checkpoint of the Keras model (to re-export or resume).
@@ -33,15 +34,18 @@ A run folder (`saved_models/<run>/`) holds:
 * `state/` (optional): training state of the method, one `.npz` per concern (e.g.
   `state/idw.npz`: IDW's item weights, iteration and phase), restorable with it.
 
-This module needs neither TensorFlow nor ScaNN.
+This module needs neither TensorFlow nor ScaNN (only numpy).
 """
 
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, List, Sequence, Union
+
+import numpy as np
 
 from tfrec_proxy.version import __version__
 
@@ -121,6 +125,58 @@ def write_json(path: Path, values: Any) -> None:
     path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+def corrupted(path: Union[str, Path], error: BaseException) -> "RunFormatError":
+    """The error for a run file that exists but cannot be read."""
+    return RunFormatError(f"{str(path)!r} cannot be read ({type(error).__name__}: "
+                          f"{_first_line(error)}); the run folder is corrupted. Re-export it "
+                          "with `tfrec-proxy export` or copy it again.")
+
+
+def read_json(path: Union[str, Path]) -> Any:
+    """A run file's JSON value; a file that is not UTF-8 JSON is a `RunFormatError`
+    naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or UTF-8
+        raise corrupted(path, error) from error
+
+
+def read_arrays(path: Union[str, Path], names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Arrays `names` of a run's `.npz` file; a damaged file or a missing array is a
+    `RunFormatError` naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {name: stored[name] for name in names}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise corrupted(path, error) from error
+
+
+def file_inventory(folder: Union[str, Path]) -> Dict[str, Any]:
+    """The manifest's `files` (every file under `folder`, plus `manifest.json`) and
+    `file_sizes` (bytes of each, the manifest excepted), for `read_manifest` to
+    check."""
+    folder = Path(folder)
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+    names = [str(p.relative_to(folder)) for p in found]
+    return {"files": sorted(names + ["manifest.json"]),
+            "file_sizes": {name: p.stat().st_size for name, p in zip(names, found)}}
+
+
+def _changed_sizes(run_dir: Path, sizes: Dict[str, Any]) -> List[str]:
+    changed = []
+    for name, expected in sorted(sizes.items()):
+        path = run_dir / name
+        if path.is_file() and path.stat().st_size != expected:
+            changed.append(f"{name} ({path.stat().st_size} bytes; the export wrote "
+                           f"{expected})")
+    return changed
+
+
 def read_manifest(run_dir: Union[str, Path]) -> Dict[str, Any]:
     """Reads and validates a run folder's manifest.
 
@@ -138,10 +194,10 @@ def read_manifest(run_dir: Union[str, Path]) -> Dict[str, Any]:
         raise RunFormatError(f"{str(run_dir)!r} is not a tfrec_proxy run: missing "
                              "['manifest.json']. Export one with `tfrec-proxy train`/`export`.")
     try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-    except json.JSONDecodeError as error:
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
         raise RunFormatError(f"{str(run_dir / 'manifest.json')!r} is not valid JSON: "
-                             f"{error}") from error
+                             f"{_first_line(error)}") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else manifest
         raise RunFormatError(f"{str(run_dir)!r}: manifest format is {found!r}; "
@@ -165,4 +221,15 @@ def read_manifest(run_dir: Union[str, Path]) -> Dict[str, Any]:
     if missing:
         raise RunFormatError(f"{str(run_dir)!r} is not a complete tfrec_proxy run: missing "
                              f"{missing}. Re-export it with `tfrec-proxy export`.")
+    sizes = manifest.get("file_sizes")  # absent in runs exported before it was added
+    if sizes is not None:
+        if not isinstance(sizes, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in sizes.values()):
+            raise RunFormatError(f"{str(run_dir)!r}: manifest file_sizes is not a map of "
+                                 "file names to byte counts.")
+        changed = _changed_sizes(run_dir, sizes)
+        if changed:
+            raise RunFormatError(f"{str(run_dir)!r} has files that changed since export "
+                                 f"(truncated or overwritten): {changed}. Re-export it with "
+                                 "`tfrec-proxy export` or copy the run again.")
     return manifest

@@ -19,7 +19,8 @@ from tfrec_proxy.data.vocab import Vocabulary
 from tfrec_proxy.history_input import (HistoryError, _as_batch, _raise_unknown,
                                        _warn_unknown)
 from tfrec_proxy.history_input import UnknownItemsWarning  # noqa: F401 (re-exported)
-from tfrec_proxy.run_format import MIN_SCANN_CANDIDATES, PAD_ID, read_manifest
+from tfrec_proxy.run_format import (MIN_SCANN_CANDIDATES, PAD_ID, RunFormatError, corrupted,
+                                    read_arrays, read_manifest)
 
 try:
     # Importing scann_ops registers the `Scann>*` custom ops; they must be registered
@@ -55,6 +56,16 @@ class SavedScorer:
                                 candidates=tf.cast(candidates, tf.float32))["scores"]
 
 
+def load_saved_model(path: Union[str, Path]) -> Any:
+    """`tf.saved_model.load` of one of a run's SavedModels; a damaged one (a graph
+    that does not parse, variables that fail their checksum) is a `RunFormatError`
+    naming the folder instead of TensorFlow's error."""
+    try:
+        return tf.saved_model.load(str(path))
+    except (OSError, ValueError, RuntimeError, tf.errors.OpError) as error:
+        raise corrupted(path, error) from error
+
+
 class Run:
     """A loaded run folder: embed histories and retrieve top-k items.
 
@@ -67,9 +78,12 @@ class Run:
     def __init__(self, run_dir: Union[str, Path]) -> None:
         self.path = Path(run_dir)
         self.manifest = read_manifest(self.path)
-        self.config = RunConfig.from_json(self.path / "config.json")
-        self.vocab = Vocabulary.load(self.path / "vocabulary.json")
-        self._query_model = tf.saved_model.load(str(self.path / "query_model"))
+        try:
+            self.config = RunConfig.from_json(self.path / "config.json")
+            self.vocab = Vocabulary.load(self.path / "vocabulary.json")
+        except ValueError as error:  # named by the readers; one error type for the run
+            raise RunFormatError(str(error)) from error
+        self._query_model = load_saved_model(self.path / "query_model")
         self.scorer = SavedScorer(self._query_model)
         self._load_candidates()
 
@@ -78,8 +92,8 @@ class Run:
         of items added since the last index build (`tfrec_proxy.new_items`)."""
         from tfrec_proxy.new_items import delta_segment
 
-        with np.load(self.path / "candidates.npz") as candidates:
-            ids, embeddings = candidates["ids"], candidates["embeddings"]
+        stored = read_arrays(self.path / "candidates.npz", ["ids", "embeddings"])
+        ids, embeddings = stored["ids"], stored["embeddings"]
         self.delta = delta_segment(self.path, self.manifest)
         if self.delta is not None:
             ids = np.concatenate([ids, self.delta.ids])
@@ -138,7 +152,7 @@ class Run:
             raise ValueError(f"Index {name!r} is not in this run; it has {self.indexes} "
                              f"(ScaNN needs at least {MIN_SCANN_CANDIDATES} candidates).")
         if name not in self._indexes:
-            self._indexes[name] = tf.saved_model.load(str(self.path / "retrieval" / name))
+            self._indexes[name] = load_saved_model(self.path / "retrieval" / name)
         return self._indexes[name]
 
     def unknown_ids(self, histories: Histories) -> List[List[int]]:
@@ -380,9 +394,20 @@ def load_run(run_dir: Union[str, Path]) -> Run:
     `tfrec_proxy.felrec_serving.FELRecRun`, queried by user id (`recommend_users`).
 
     Raises:
-        RunFormatError: the folder is missing, incomplete or of an unknown format.
+        RunFormatError: the folder is missing, incomplete (a file the manifest lists
+            is absent or has another size than the export wrote), damaged (a file
+            that does not parse; ScaNN/brute-force indexes are read at their first
+            query), or of an unknown format or model kind.
     """
-    if read_manifest(run_dir).get("model_kind") == "felrec":
+    from tfrec_proxy.registry import MODEL_KINDS
+
+    kind = read_manifest(run_dir).get("model_kind", "two_tower")
+    known = sorted({"two_tower", "felrec", *MODEL_KINDS.names()})
+    if kind not in known:
+        raise RunFormatError(f"{str(run_dir)!r} is a run of model kind {kind!r}, which this "
+                             f"process does not know (known: {known}); import the module "
+                             "that registers it (MODEL_KINDS.register) before loading.")
+    if kind == "felrec":
         from tfrec_proxy.felrec_serving import FELRecRun
 
         return FELRecRun(run_dir)

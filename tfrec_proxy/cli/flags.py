@@ -9,6 +9,7 @@ agree.
 
 import argparse
 import dataclasses
+import re
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 DEFAULT_DATA_PATH = "../shared/data/ml-1m"
@@ -40,14 +41,23 @@ FELREC_SCHEDULES = ("cosine", "constant")  # felrec_training.LR_SCHEDULES
 FELREC_NORMALIZATIONS = ("batch", "layer")  # layers.felrec.NORMALIZATIONS
 
 
+# Plain ASCII numbers only: Python's int()/float() also take other scripts' digits,
+# underscores ("1_000") and surrounding spaces, which a typo should not pass as.
+_NUMBER_TEXT = {int: re.compile(r"[+-]?[0-9]+"),
+                float: re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")}
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
 def _number(kind: Callable[[str], Any], what: str, check: Callable[[Any], bool]
             ) -> Callable[[str], Any]:
-    """An argparse `type` parsing with `kind` and accepting values passing `check`."""
+    """An argparse `type` parsing with `kind` (ASCII digits; ints within int64) and
+    accepting values passing `check`."""
     def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not _NUMBER_TEXT[kind].fullmatch(text):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        value = kind(text)
+        if kind is int and not INT64_MIN <= value <= INT64_MAX:
+            raise argparse.ArgumentTypeError(f"expected {what} within int64, got {text!r}")
         if not check(value):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
@@ -55,6 +65,9 @@ def _number(kind: Callable[[str], Any], what: str, check: Callable[[Any], bool]
     return parse
 
 
+any_int = _number(int, "an integer", lambda value: True)
+# NumPy's legacy seeding (tf.keras.utils.set_random_seed) takes [0, 2**32).
+seed_int = _number(int, "a seed in [0, 2**32)", lambda value: 0 <= value < 2 ** 32)
 positive_int = _number(int, "a positive integer", lambda value: value >= 1)
 non_negative_int = _number(int, "a non-negative integer", lambda value: value >= 0)
 positive_float = _number(float, "a positive number", lambda value: 0 < value < float("inf"))
@@ -114,7 +127,7 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--interest-skew", "data.synthetic.interest_skew", "synthetic interest "
                "power-law exponent", type=finite_float),
     ConfigFlag("--data-seed", "data.synthetic.seed", "seed of the synthetic dataset "
-               "(--seed does not change the data)", type=int),
+               "(--seed does not change the data)", type=seed_int),
     ConfigFlag("--max-len", "data.max_len", "history length; longer sequences are split",
                type=positive_int),
     ConfigFlag("--session-length", "data.synthetic.session_length", "--data "
@@ -268,7 +281,7 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--eval-chunks", "train.eval_chunks", "evaluate every chunk's held-out "
                "items, or only each user's last chunk", choices=EVAL_CHUNKS),
     ConfigFlag("--seed", "train.seed", "training seed: weights, shuffling, negative "
-               "sampling (the synthetic data has --data-seed)", type=int),
+               "sampling (the synthetic data has --data-seed)", type=seed_int),
     ConfigFlag("--strategy", "train.strategy", "tf.distribute strategy", choices=STRATEGIES),
     ConfigFlag("--cross-replica-negatives", "train.cross_replica_negatives", "with several "
                "replicas, every query sees the global batch's candidates as negatives",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, List, NoReturn, Optional, Sequence
 
 from tfrec_proxy.cli.flags import (
-    EVAL_CHUNKS, PATH_SOURCES, CONFIG_FLAGS, ConfigFlag, positive_int)
+    EVAL_CHUNKS, PATH_SOURCES, CONFIG_FLAGS, ConfigFlag, any_int, positive_int)
 from tfrec_proxy.cli.histories import parse_history
 from tfrec_proxy.config import RunConfig
 from tfrec_proxy.run_format import INDEXES
@@ -26,6 +26,9 @@ class ArgumentParser(argparse.ArgumentParser):
     """An `ArgumentParser` whose usage errors are one line on stderr (exit status 2)."""
 
     def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):
+            # argparse reads a value such as -1e-3 as an option.
+            message += " (a value that starts with '-' is given as --flag=VALUE)"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -175,7 +178,7 @@ def _add_recommend(recommend: ArgumentParser) -> None:
                         "comma-separated ids; blank lines are skipped; '-' reads stdin. "
                         "Prints one JSON object per history, in order")
     recommend.add_argument("-k", type=positive_int, default=10, help="items per history")
-    recommend.add_argument("--user", type=int, help="raw user id of the histories, for runs "
+    recommend.add_argument("--user", type=any_int, help="raw user id of the histories, for runs "
                            "with a user embedding (--encoder ram; default: an unknown user, "
                            "whose embedding is zero); alone, the user to recommend for in "
                            "a FELRec run (--encoder felrec: its cached vector; unknown "

@@ -194,8 +194,9 @@ def _check_histories(model: ModelInputs, histories: List[List[Any]], k: int, fie
         raise RequestError(f"{field}: {error}") from None
 
 
-def _shorten(history: List[int], max_len: Optional[int]) -> List[int]:
-    ids = [item for item in history if item != PAD_ID]
+def _shorten(history: List[Any], max_len: Optional[int]) -> List[int]:
+    # The ids passed `_as_batch` (ints, or integral floats such as 3.0): as ints.
+    ids = [int(item) for item in history if item != PAD_ID]
     return ids[-max_len:] if max_len else ids
 
 
@@ -372,8 +373,7 @@ def parse_recommend(body: Mapping[str, Any], model: ModelInputs) -> Query:
     _check_histories(model, [history], k, "history", exclude_seen, strict,
                      lambda _: "history")
     # Exclusions need every item of the history, not only the last max_len.
-    kept = [i for i in history if i != PAD_ID] if exclude_seen else _shorten(history,
-                                                                             model.max_len)
+    kept = _shorten(history, None if exclude_seen else model.max_len)
     context = _context(model, body, 1, lambda name: name, per_row=True)
     return Query([kept], [k], context, index, exclude_seen)
 
