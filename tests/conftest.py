@@ -2,12 +2,26 @@
 
 import contextlib
 import io
+import os
 
 import numpy as np
 import pytest
 
 import tfrec_proxy  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tfrec_proxy.config import RunConfig
+
+# Property tests (tests/test_fuzz_*.py) try `examples x TFREC_FUZZ_SCALE` inputs each:
+# 1 in CI; e.g. `TFREC_FUZZ_SCALE=20 pytest tests/test_fuzz_*.py` for a long search.
+FUZZ_SCALE = int(os.environ.get("TFREC_FUZZ_SCALE", "1"))
+
+
+def fuzz_settings(examples: int):
+    """Hypothesis settings of a property test: `examples x FUZZ_SCALE` inputs, no
+    deadline (the first example pays for imports), fixtures allowed."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=examples * FUZZ_SCALE, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def tiny_config(**train_overrides) -> RunConfig:

@@ -14,14 +14,15 @@ import json
 import math
 import re
 
-from hypothesis import event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from tfrec_proxy.cli import main
 from tfrec_proxy.cli.parser import build_parser
 from tfrec_proxy.cli.flags import CONFIG_FLAGS
+from conftest import fuzz_settings
 
-FUZZ = settings(max_examples=300, deadline=None)
+FUZZ = fuzz_settings(300)
 INT64_MAX = 2 ** 63 - 1
 NUMBERS = ["0", "1", "7", "-1", "+3", "007", "0.5", "1.0", ".5", "1e3", "2.5e-1", "nan",
            "inf", "-inf", "1e400", "1e-400", "", " ", "abc", "٣", "1_000", " 5", "0x10",

@@ -11,15 +11,15 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tfrec_proxy.data.frames import validate_interactions
 from tfrec_proxy.data.loaders import load_interactions
 from tfrec_proxy.data.sessions import load_sessions
+from conftest import fuzz_settings
 
-FUZZ = settings(max_examples=80, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = fuzz_settings(80)
 INT64 = np.iinfo(np.int64)
 _INTEGER = re.compile(r"[+-]?\d+")
 

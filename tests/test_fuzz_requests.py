@@ -15,13 +15,14 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from tfrec_proxy.server.protocol import (InputSpec, ModelInputs, Query, RequestError,
                                          parse_json, parse_predict, parse_recommend)
+from conftest import fuzz_settings
 
-FUZZ = settings(max_examples=500, deadline=None)
+FUZZ = fuzz_settings(500)
 MAX_K, MAX_LEN, MAX_ROWS = 20, 4, 5
 INT64 = np.iinfo(np.int64)
 UNKNOWN = 999  # the stub vocabulary's one unknown id (strict / exclude_seen checks)

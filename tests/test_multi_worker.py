@@ -113,6 +113,7 @@ def trained(tmp_path_factory):
     return folder, _train(folder, "worker", 2, PER_WORKER_BATCH)
 
 
+@pytest.mark.multiprocess
 def test_both_workers_end_with_identical_weights_idw_weights_and_logq(trained):
     folder, outputs = trained
     assert outputs[0] == outputs[1]
