@@ -1,11 +1,14 @@
 """prepare_data: the one path from a DataConfig to the split a run uses."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from tfrec_proxy.config import DataConfig
 from tfrec_proxy.data import prepare_data
+from tfrec_proxy.data.prepare import DATA_SOURCES
 
 
 def _file_config(tmp_path, lines):
@@ -129,8 +132,7 @@ def test_dataframe_source_errors():
     with pytest.raises(TypeError, match="expected a pandas DataFrame, got dict"):
         prepare_data(config, interactions={"uid": [1]})
     with pytest.raises(ValueError, match=r"Unknown data source 'frame'; expected one of "
-                                         r"\('synthetic', 'file', 'dataframe', 'sessions', "
-                                         r"'synthetic-sessions'\)"):
+                                         + re.escape(str(DATA_SOURCES))):
         prepare_data(DataConfig(source="frame"))
 
 
