@@ -1,13 +1,103 @@
 """Pipelines: configs parse, benchmark scripts run on tiny settings."""
 
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from tfrec_proxy.config import RunConfig
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+def _smoke_jobs(tmp):
+    """The smoke runs of this module, in test order: name -> the commands (script and
+    arguments) of one test, run one after another."""
+    from conftest import tiny_config
+
+    tiny_config(epochs=1).to_json(tmp / "tiny.json")
+    idw_synthetic = ("--quick", "--num-users", "100", "--skews", "1", "--seeds", "0",
+                     "--methods", "mur", "mur_idw", "--results", tmp / "synthetic.jsonl")
+    table1 = ("--quick", "--methods", "sur", "mur_idw", "--seeds", "0", "--results",
+              tmp / "table1.jsonl")
+    return {
+        "full_ranking": [("bench_full_ranking.py", "--items", "1000", "--chunk-sizes", "100",
+                          "--speed-items", "500", "--queries", "20", "--repeats", "1")],
+        "exclusions": [("bench_exclusions.py", "--users", "50", "--items", "1000",
+                        "--repeats", "1")],
+        "train_speed": [("bench_train_speed.py", "--quick", "--tiny")],
+        "sweep": [("sweep_baseline.py", "--config", tmp / "tiny.json", "--set",
+                   "train.learning_rate=0.003;model.dropout=0.0")],
+        "idw_synthetic": [("repro_idw_synthetic.py", *idw_synthetic),
+                          ("repro_idw_synthetic.py", *idw_synthetic),
+                          ("repro_idw_synthetic.py", "--summarize", "--results",
+                           tmp / "synthetic.jsonl", "--plot", tmp / "plot.png")],
+        "table1": [("repro_idw_table1.py", *table1), ("repro_idw_table1.py", *table1),
+                   ("repro_idw_table1.py", "--summarize", "--results", tmp / "table1.jsonl")],
+        "mur_speed": [("bench_mur_speed.py", "--data", "synthetic", "--steps", "3",
+                       "--warmup", "2", "--repeats", "1", "--batch-size", "64",
+                       "--min-sequences", "8")],
+        "eq4": [("bench_eq4_scorer.py", "--queries", "64", "--interests", "3", "--repeats",
+                 "1", "--steps", "1")],
+        "idw_density": [("bench_idw_density.py", "--sizes", "3000", "--repeats", "1",
+                         "--reference-size", "256", "--exact-check-size", "1500")],
+        "pir": [("repro_pir.py", "--quick", "--methods", "id_sur", "pir_sur", "--seeds", "0",
+                 "--results", tmp / "pir.jsonl"),
+                ("repro_pir.py", "--summarize", "--results", tmp / "pir.jsonl")],
+        "add_items": [("bench_add_items.py", "--catalogue", "3000", "--sizes", "100",
+                       "--build-repeats", "1", "--repeats", "1", "--results",
+                       tmp / "add.jsonl")],
+        "sasrec": [("repro_sasrec_ml1m.py", "--quick", "--methods", "sasrec_bce", "ram",
+                    "--seeds", "0", "--results", tmp / "sasrec.jsonl"),
+                   ("repro_sasrec_ml1m.py", "--summarize", "--results", tmp / "sasrec.jsonl")],
+        "sasrec_speed": [("bench_sasrec_speed.py", "--data", "synthetic", "--warmup", "1",
+                          "--steps", "2", "--repeats", "1", "--batch-size", "256",
+                          "--results", tmp / "speed.jsonl")],
+        "ram_blocks": [("bench_ram_blocks.py", "--data", "synthetic", "--steps", "1",
+                        "--warmup", "1", "--repeats", "1", "--blocks", "2", "--max-len",
+                        "20", "--batch-size", "500")],
+    }
+
+
+def _chain(commands):
+    """Runs one test's commands in order (each a fresh process with one TensorFlow
+    thread, two at a time); stops at the first failure."""
+    env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+    done = []
+    for script, *args in commands:
+        done.append(subprocess.run([sys.executable, str(PIPELINES / script),
+                                    *map(str, args)], capture_output=True, text=True,
+                                   timeout=600, env=env))
+        if done[-1].returncode != 0:
+            break
+    return done
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """`(folder, name -> future of the runs)`: every smoke run of this module started
+    at once, two at a time (CI has two cores, and most of a run is Python start-up),
+    in test order; each test waits for its own."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(_chain, commands)
+                   for name, commands in _smoke_jobs(tmp).items()}
+        yield tmp, futures
+        for future in futures.values():
+            future.cancel()
+
+
+def _result(smoke, name, count=1):
+    """The runs of smoke job `name`, asserting that all `count` of them succeeded."""
+    runs = smoke[1][name].result()
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert len(runs) == count
+    return runs
 
 
 def test_configs_parse_and_build():
@@ -37,12 +127,8 @@ def test_ml1m_idw_config():
             config.train.monitor) == (30, 3, "val_ndcg@20")
 
 
-def test_bench_full_ranking_smoke():
-    out = subprocess.run(
-        [sys.executable, str(PIPELINES / "bench_full_ranking.py"), "--items", "1000",
-         "--chunk-sizes", "100", "--speed-items", "500", "--queries", "20", "--repeats", "1"],
-        capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_bench_full_ranking_smoke(smoke):
+    (out,) = _result(smoke, "full_ranking")
     assert "ratio chunked/dense" in out.stdout and "peak RSS growth" in out.stdout
 
 
@@ -55,41 +141,22 @@ def test_bench_run_retrieval_smoke(trained_run):
     assert "recall@10 of ScaNN against brute force over 20 test histories" in out.stdout
 
 
-def test_bench_exclusions_smoke():
-    out = subprocess.run(
-        [sys.executable, str(PIPELINES / "bench_exclusions.py"), "--users", "50", "--items",
-         "1000", "--repeats", "1"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_bench_exclusions_smoke(smoke):
+    (out,) = _result(smoke, "exclusions")
     assert "ratio per-row lists / shared sets" in out.stdout
 
 
-def test_bench_train_speed_smoke():
-    out = subprocess.run(
-        [sys.executable, str(PIPELINES / "bench_train_speed.py"), "--quick", "--tiny"],
-        capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_bench_train_speed_smoke(smoke):
+    (out,) = _result(smoke, "train_speed")
     ratio = out.stdout.strip().splitlines()[-1]
     assert ratio.startswith("speed ratio vs plain TFRS: ")
     assert float(ratio.rsplit(" ", 1)[1]) > 0
 
 
-def test_sweep_baseline_smoke(tmp_path):
-    from conftest import tiny_config
-
-    config = tiny_config(epochs=1)
-    config.to_json(tmp_path / "tiny.json")
-    out = subprocess.run(
-        [sys.executable, str(PIPELINES / "sweep_baseline.py"), "--config",
-         str(tmp_path / "tiny.json"), "--set", "train.learning_rate=0.003;model.dropout=0.0"],
-        capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_sweep_baseline_smoke(smoke):
+    (out,) = _result(smoke, "sweep")
     line = out.stdout.strip().splitlines()[-1]
     assert line.startswith("[train.learning_rate=0.003;model.dropout=0.0]") and "1 epochs" in line
-
-
-def _run(script, *args, timeout=300):
-    return subprocess.run([sys.executable, str(PIPELINES / script), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_methods_presets():
@@ -119,44 +186,28 @@ def test_methods_presets():
     assert methods.mean_std([0.5], 100) == "50.00" and methods.mean_std([]) == "-"
 
 
-def test_repro_idw_synthetic_smoke(tmp_path):
-    results = tmp_path / "synthetic.jsonl"
-    args = ("--quick", "--num-users", "100", "--skews", "1", "--seeds", "0",
-            "--methods", "mur", "mur_idw", "--results", results)
-    out = _run("repro_idw_synthetic.py", *args)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = results.read_text().splitlines()
-    assert len(lines) == 2
+def test_repro_idw_synthetic_smoke(smoke):
+    tmp = smoke[0]
+    out, again, summary = _result(smoke, "idw_synthetic", 3)
+    lines = (tmp / "synthetic.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # and the second run (resumed) added nothing
     record = json.loads(lines[1])
     assert (record["method"], record["skew"], record["seed"]) == ("mur_idw", 1.0, 0)
     assert record["idw_iterations"] == 1 and record["head_clusters"] == [0]
     assert 0 <= record["tail/hr@20"] <= 1 and -1 <= record["silhouette"] <= 1
-    again = _run("repro_idw_synthetic.py", *args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert len(results.read_text().splitlines()) == 2  # resumed: nothing to run
-    summary = _run("repro_idw_synthetic.py", "--summarize", "--results", results,
-                   "--plot", tmp_path / "plot.png")
-    assert summary.returncode == 0, summary.stderr[-3000:]
     assert "| MUR-IDW | 1 | 1 |" in summary.stdout
-    assert (tmp_path / "plot.png").stat().st_size > 0
+    assert (tmp / "plot.png").stat().st_size > 0
 
 
-def test_repro_idw_table1_smoke(tmp_path):
-    results = tmp_path / "table1.jsonl"
-    args = ("--quick", "--methods", "sur", "mur_idw", "--seeds", "0",
-            "--results", results)
-    out = _run("repro_idw_table1.py", *args)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_repro_idw_table1_smoke(smoke):
+    results = smoke[0] / "table1.jsonl"
+    out, again, summary = _result(smoke, "table1", 3)
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert [(r["method"], r["seed"]) for r in records] == [("sur", 0), ("mur_idw", 0)]
     assert [p["name"] for p in records[1]["phases"]] == ["pretrain", "idw", "calibrate"]
     assert records[1]["idw"]["iterations"] == 1
     assert "full/tail/ndcg@20" in records[0]["metrics"]
-    again = _run("repro_idw_table1.py", *args)
-    assert again.returncode == 0 and "0 of 2 to run" in again.stdout, again.stderr[-3000:]
-    assert len(results.read_text().splitlines()) == 2
-    summary = _run("repro_idw_table1.py", "--summarize", "--results", results)
-    assert summary.returncode == 0, summary.stderr[-3000:]
+    assert "0 of 2 to run" in again.stdout
     assert "| MUR-IDW | 5 | 1 |" in summary.stdout and "MUR-IDW vs SUR" in summary.stdout
     assert "IDW overhead" in summary.stdout
 
@@ -177,18 +228,14 @@ def test_repro_idw_table1_work_order():
                                                           "sur_idw")]
 
 
-def test_bench_mur_speed_smoke():
-    out = _run("bench_mur_speed.py", "--data", "synthetic", "--steps", "3", "--warmup",
-               "2", "--repeats", "1", "--batch-size", "64", "--min-sequences", "8")
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_bench_mur_speed_smoke(smoke):
+    (out,) = _result(smoke, "mur_speed")
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("MUR/SUR step time ratio: ") and last.endswith("(min)")
 
 
-def test_bench_eq4_scorer_smoke():
-    out = _run("bench_eq4_scorer.py", "--queries", "64", "--interests", "3", "--repeats", "1",
-               "--steps", "1")
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_bench_eq4_scorer_smoke(smoke):
+    (out,) = _result(smoke, "eq4")
     lines = [line for line in out.stdout.splitlines() if " ms" in line]
     assert len(lines) == 4 and lines[-1].startswith("library")
     # Every eq. 4 form computes the same loss.
@@ -196,18 +243,14 @@ def test_bench_eq4_scorer_smoke():
     assert len(losses) == 1, lines
 
 
-def test_bench_idw_density_smoke():
-    out = _run("bench_idw_density.py", "--sizes", "3000", "--repeats", "1",
-               "--reference-size", "256", "--exact-check-size", "1500")
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_bench_idw_density_smoke(smoke):
+    (out,) = _result(smoke, "idw_density")
     assert "sleep phase, 3000 items" in out.stdout and "Pearson correlation" in out.stdout
 
 
-def test_repro_pir_smoke(tmp_path):
-    results = tmp_path / "pir.jsonl"
-    out = _run("repro_pir.py", "--quick", "--methods", "id_sur", "pir_sur", "--seeds", "0",
-               "--results", results)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_repro_pir_smoke(smoke):
+    results = smoke[0] / "pir.jsonl"
+    out, summary = _result(smoke, "pir", 2)
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["method"] for r in records] == ["id_sur", "pir_sur"]
     # No per-item table: fewer parameters than the id tower even on 200 items.
@@ -215,42 +258,29 @@ def test_repro_pir_smoke(tmp_path):
         "candidate_tower"]
     assert "cold/full/hr@10" in records[1]["metrics"]
     assert "full/freq9/ndcg@10" in records[1]["metrics"]
-    summary = _run("repro_pir.py", "--summarize", "--results", results)
-    assert summary.returncode == 0, summary.stderr[-3000:]
     assert "| PIR + SUR | 1 |" in summary.stdout
 
 
-def test_bench_add_items_smoke(tmp_path):
-    out = _run("bench_add_items.py", "--catalogue", "3000", "--sizes", "100",
-               "--build-repeats", "1", "--repeats", "1", "--results", tmp_path / "add.jsonl")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert len((tmp_path / "add.jsonl").read_text().splitlines()) >= 1
+def test_bench_add_items_smoke(smoke):
+    _result(smoke, "add_items")
+    assert len((smoke[0] / "add.jsonl").read_text().splitlines()) >= 1
 
 
-def test_repro_sasrec_ml1m_smoke(tmp_path):
-    results = tmp_path / "sasrec.jsonl"
-    out = _run("repro_sasrec_ml1m.py", "--quick", "--methods", "sasrec_bce", "ram",
-               "--seeds", "0", "--results", results)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_repro_sasrec_ml1m_smoke(smoke):
+    results = smoke[0] / "sasrec.jsonl"
+    out, summary = _result(smoke, "sasrec", 2)
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["method"] for r in records] == ["sasrec_bce", "ram"]
     assert "full/ndcg@10" in records[1]["metrics"]
-    summary = _run("repro_sasrec_ml1m.py", "--summarize", "--results", results)
-    assert summary.returncode == 0, summary.stderr[-3000:]
     assert "| ram | 1 |" in summary.stdout and "0.2930 / 0.1612" in summary.stdout
 
 
-def test_bench_sasrec_speed_smoke(tmp_path):
-    out = _run("bench_sasrec_speed.py", "--data", "synthetic", "--warmup", "1", "--steps",
-               "2", "--repeats", "1", "--batch-size", "256", "--results",
-               tmp_path / "speed.jsonl")
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_bench_sasrec_speed_smoke(smoke):
+    (out,) = _result(smoke, "sasrec_speed")
     assert "ours / plain TFRS:" in out.stdout and "quoted, not measured" in out.stdout
-    assert len((tmp_path / "speed.jsonl").read_text().splitlines()) == 1
+    assert len((smoke[0] / "speed.jsonl").read_text().splitlines()) == 1
 
 
-def test_bench_ram_blocks_smoke():
-    out = _run("bench_ram_blocks.py", "--data", "synthetic", "--steps", "1", "--warmup", "1",
-               "--repeats", "1", "--blocks", "2", "--max-len", "20", "--batch-size", "500")
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_bench_ram_blocks_smoke(smoke):
+    (out,) = _result(smoke, "ram_blocks")
     assert "RAM/SASRec step time ratio" in out.stdout.strip().splitlines()[-1]
