@@ -37,6 +37,16 @@ TARGETS = "targets"
 SAMPLE_WEIGHT = "sample_weight"
 # Inputs a model reads besides the query features.
 _NON_QUERY_KEYS = (TARGET, TARGETS, SAMPLE_WEIGHT)
+# History positions per forward pass when embedding queries for evaluation: a batch
+# of 4,096 histories of L = 200 at d = 256 (attention [B, heads, L, L] in every
+# block) took more than 20 GB; 65,536 positions bound it to a few hundred MB.
+EVAL_POSITIONS = 65_536
+
+
+def eval_batch_size(max_len: int, limit: int = 4096) -> int:
+    """Histories per evaluation forward pass: at most `limit`, at most
+    `EVAL_POSITIONS` history positions."""
+    return max(1, min(limit, EVAL_POSITIONS // max(int(max_len), 1)))
 
 
 @dataclasses.dataclass
@@ -245,15 +255,19 @@ class RetrievalModel(tfrs.Model):
                                                 training=False).numpy())
         return np.concatenate(outputs, axis=0)
 
-    def query_embeddings(self, histories: np.ndarray, batch_size: int = 4096,
+    def query_embeddings(self, histories: np.ndarray, batch_size: Optional[int] = None,
                          context: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
         """Query-tower outputs for `[N, L]` left-padded histories -> `[N, (M,) d]`.
 
         Args:
             histories: `[N, L]` int item indices.
-            batch_size: Histories per forward pass.
+            batch_size: Histories per forward pass (default `eval_batch_size(L)`:
+                at most 4,096 histories and 65,536 history positions).
             context: Optional `[N, ...]` context features, by name.
         """
+        histories = np.asarray(histories)
+        batch_size = batch_size or eval_batch_size(histories.shape[-1] if histories.ndim
+                                                   else 1)
         outputs = []
         for start in range(0, len(histories), batch_size):
             stop = start + batch_size

@@ -16,7 +16,7 @@ from tfrec_proxy.config import RunConfig
 from tfrec_proxy.data import EpochShuffled, PreparedData, make_dataset, sequences_per_batch
 from tfrec_proxy.data.datasets import training_tensors
 from tfrec_proxy.evaluation import SampledRankingCallback
-from tfrec_proxy.models import RetrievalModel
+from tfrec_proxy.models import RetrievalModel, eval_batch_size
 from tfrec_proxy.phases import Phase
 
 History = Dict[str, List[float]]
@@ -70,7 +70,12 @@ def _datasets(config: RunConfig, data: PreparedData, model: RetrievalModel,
     else:
         stream = EpochShuffled(training_tensors(data.split.train, users), global_batch,
                                seed=config.train.seed)
-    return stream, make_dataset(data.split.validation, global_batch, with_users=users)
+    # Validation examples are single histories of width L, not sequences of targets:
+    # batches are bounded in history positions (`eval_batch_size`), not targets.
+    width = data.split.validation.history.shape[-1]
+    return stream, make_dataset(data.split.validation,
+                                min(global_batch, eval_batch_size(width, global_batch)),
+                                with_users=users)
 
 
 def _phase_callbacks(config: RunConfig, data: PreparedData, phase: Phase,
