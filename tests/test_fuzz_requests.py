@@ -162,15 +162,23 @@ def test_any_bytes_parse_to_an_object_or_a_named_refusal(body):
     assert isinstance(value, dict)
 
 
+def _predict_or_refusal(body, model):
+    """`parse_predict`'s `(query, format)`, or None after checking its refusal."""
+    try:
+        return parse_predict(body, model, MAX_ROWS)
+    except RequestError as error:
+        _assert_refusal(error)
+        return None
+
+
 @FUZZ
 @given(body=row_bodies, context=st.booleans())
 def test_row_format_bodies(body, context):
     model = _model(context)
-    try:
-        query, kind = parse_predict(body, model, MAX_ROWS)
-    except RequestError as error:
-        _assert_refusal(error)
+    parsed = _predict_or_refusal(body, model)
+    if parsed is None:
         return
+    query, kind = parsed
     assert kind == "row"
     raw = [row if isinstance(row, list) else row["history"] for row in body["instances"]]
     _assert_query(query, model, raw)
@@ -180,11 +188,10 @@ def test_row_format_bodies(body, context):
 @given(body=column_bodies, context=st.booleans())
 def test_columnar_format_bodies(body, context):
     model = _model(context)
-    try:
-        query, kind = parse_predict(body, model, MAX_ROWS)
-    except RequestError as error:
-        _assert_refusal(error)
+    parsed = _predict_or_refusal(body, model)
+    if parsed is None:
         return
+    query, kind = parsed
     assert kind == "columnar"
     inputs = body["inputs"]
     raw = inputs if isinstance(inputs, list) else inputs["history"]
