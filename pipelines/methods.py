@@ -125,10 +125,18 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
             "epochs": sum(p["epochs"] for p in result.phases),
             "phases": [{key: p[key] for key in ("name", "epochs", "seconds")}
                        for p in result.phases],
-            "parameters": parameter_report(result.model), "metrics": result.metrics})
+            "parameters": parameter_report(result.model), "metrics": result.metrics,
+            "curves": validation_curves(result.history)})
         extra = f"; {describe(result.metrics)}" if describe else ""
         print(f"[{number}/{len(todo)}] {method} seed {seed}: {seconds / 60:.1f} min, "
               f"{sum(p['epochs'] for p in result.phases)} epochs{extra}", flush=True)
+
+
+def validation_curves(history: Mapping[str, Sequence[float]]) -> Dict[str, List[float]]:
+    """The per-epoch validation metrics of a run's history (`val_*`), rounded to 5
+    decimals: enough to tell whether a budgeted run was still improving."""
+    return {key: [round(float(v), 5) for v in values]
+            for key, values in history.items() if key.startswith("val_")}
 
 
 def grid_todo(results: Union[str, Path], base: RunConfig, order: Sequence[Tuple[Any, ...]],

@@ -272,6 +272,8 @@ def test_repro_sasrec_ml1m_smoke(smoke):
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["method"] for r in records] == ["sasrec_bce", "ram"]
     assert "full/ndcg@10" in records[1]["metrics"]
+    curve = records[1]["curves"]["val_ndcg@10"]  # one value per epoch trained
+    assert len(curve) == records[1]["epochs"] and 0.0 < curve[0] <= 1.0
     assert "| ram | 1 |" in summary.stdout and "0.2930 / 0.1612" in summary.stdout
 
 
