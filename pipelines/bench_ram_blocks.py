@@ -45,10 +45,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-len", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=12800, help="targets per step")
+    parser.add_argument("--dim", type=int, help="model width d (default: the config's 50)")
+    parser.add_argument("--heads", type=int, help="attention heads (default: the config's 1)")
+    parser.add_argument("--min-sequences", type=int,
+                        help="fewest sequences per step (default: the config's 64)")
     args = parser.parse_args()
 
     config = RunConfig.from_json(HERE / "configs" / "ml1m_sasrec.json")
     config.data.max_len = args.max_len
+    if args.dim is not None:
+        config.model.embedding_dim = args.dim
+    if args.heads is not None:
+        config.model.num_heads = args.heads
+    if args.min_sequences is not None:
+        config.train.min_sequences_per_batch = args.min_sequences
     if args.data == "synthetic":
         config.data.source = "synthetic"
     elif args.data_path:
