@@ -31,11 +31,17 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _np_info_nce(q, p, queue, tau, in_batch=False):
-    logits = [np.sum(q * p, 1, keepdims=True), q @ queue.T]
+def _np_info_nce(q, p, queue, tau, in_batch=False, ids=None, queue_ids=None):
+    """By hand; with ids, a row's logits against entries of its own id are dropped."""
+    queued = q @ queue.T
+    if ids is not None:
+        queued = np.where(ids[:, None] == queue_ids[None, :], -np.inf, queued)
+    logits = [np.sum(q * p, 1, keepdims=True), queued]
     if in_batch:
         batch = q @ p.T
         np.fill_diagonal(batch, -np.inf)
+        if ids is not None:
+            batch = np.where(ids[:, None] == ids[None, :], -np.inf, batch)
         logits.append(batch)
     logits = np.concatenate(logits, 1) / tau
     top = logits.max(1, keepdims=True)
@@ -66,6 +72,50 @@ def test_symmetric_info_nce_by_hand(normalize, in_batch):
     layer.user_queue.assign(UQ)
     layer.item_queue.assign(IQ)
     np.testing.assert_allclose(layer(U, X).numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("in_batch", [False, True])
+def test_info_nce_removes_queue_hits_by_hand(in_batch):
+    # Users 7, 8, 7 and items 2, 3, 2; the queues hold older copies of user 7 and
+    # item 2 (and ids -1: rows without an id), which must not count as negatives.
+    users, items = np.array([7, 8, 7]), np.array([2, 3, 2])
+    user_queue_ids, item_queue_ids = np.array([7, -1, 9, 7, 8]), np.array([2, 5, -1, 2, 6])
+    u, x = _unit(U), _unit(X)
+    expected = (_np_info_nce(u, x, IQ, 0.07, in_batch, items, item_queue_ids)
+                + _np_info_nce(x, u, UQ, 0.07, in_batch, users, user_queue_ids))
+    plain = _np_info_nce(u, x, IQ, 0.07, in_batch) + _np_info_nce(x, u, UQ, 0.07, in_batch)
+    assert abs(expected - plain) > 1e-3  # the removal changes the loss
+    got = symmetric_info_nce(U, X, UQ, IQ, 0.07, True, in_batch, users, items,
+                             user_queue_ids, item_queue_ids)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    layer = InfoNCEQueueLoss(D, queue_size=5, in_batch_negatives=in_batch)
+    layer.user_queue.assign(UQ)
+    layer.item_queue.assign(IQ)
+    layer.user_queue_ids.assign(user_queue_ids)
+    layer.item_queue_ids.assign(item_queue_ids)
+    np.testing.assert_allclose(layer(U, X, user_ids=users, item_ids=items).numpy(), expected,
+                               rtol=1e-5)
+    kept = InfoNCEQueueLoss(D, queue_size=5, in_batch_negatives=in_batch, remove_hits=False)
+    kept.user_queue.assign(UQ)
+    kept.item_queue.assign(IQ)
+    kept.user_queue_ids.assign(user_queue_ids)
+    kept.item_queue_ids.assign(item_queue_ids)
+    np.testing.assert_allclose(kept(U, X, user_ids=users, item_ids=items).numpy(), plain,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="user_ids and item_ids go together"):
+        layer(U, X, user_ids=users)
+
+
+def test_queue_keeps_ids_fifo():
+    layer = InfoNCEQueueLoss(D, queue_size=5)
+    assert layer.item_queue_ids.numpy().tolist() == [-1] * 5
+    layer(U, X, update_queue=True, user_ids=tf.constant([4, 5, 6]),
+          item_ids=tf.constant([1, 2, 3]))
+    layer.enqueue(_normal(3, D), _normal(3, D))  # no ids: -1, wrapping to slots 3, 4, 0
+    assert layer.item_queue_ids.numpy().tolist() == [-1, 2, 3, -1, -1]
+    assert layer.user_queue_ids.numpy().tolist() == [-1, 5, 6, -1, -1]
+    layer.enqueue(_normal(2, D), _normal(2, D), tf.constant([8, 9]), tf.constant([0, 7]))
+    assert layer.item_queue_ids.numpy().tolist() == [-1, 0, 7, -1, -1]
 
 
 def test_info_nce_gradient_only_reaches_queries():

@@ -61,8 +61,12 @@ def test_online_scores_match_a_naive_per_interaction_loop():
     tf.keras.utils.set_random_seed(1)
     users = np.array([0, 1, 0, 2, 1, 3])
     items = np.array([0, 1, 1, 0, 4, 1])  # repeats inside the batch; item 4 is new
+    # Distinct histories, so no two rows encode to the same vector: equal vectors
+    # would tie exactly, and float rounding (which differs between numpy, TF and CPU
+    # instruction sets) would decide the ">=" of the rank.
     batch = {"user": users, "item": items,
-             "user_history": np.array([[-1, 2]] * 6), "item_history": np.array([[0, 1]] * 6)}
+             "user_history": np.array([[-1, 2], [0, 3], [-1, 1], [2, 3], [1, 0], [-1, 3]]),
+             "item_history": np.array([[0, 1], [-1, 2], [3, 1], [-1, 0], [2, 3], [1, 2]])}
     model = FELRecModel(4, 5, "q", dim=8, num_layers=1, num_heads=2, ff_dim=16, dropout=0.0,
                         queue_size=8)
     table = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)

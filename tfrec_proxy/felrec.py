@@ -47,6 +47,9 @@ class FELRecModel(tf.keras.Model):
         share_heads: One projection (and prediction) MLP for users and items (the
             paper's -shareMLP ablation).
         normalization: "batch" (paper) or "layer" in the MLPs (the -LN ablation).
+        remove_queue_hits: FELRec-Q: leave the queue rows of a batch row's own user
+            (item) out of its softmax (`InfoNCEQueueLoss(remove_hits=...)`); False
+            is the paper's loss.
 
     Example:
 
@@ -63,7 +66,7 @@ class FELRecModel(tf.keras.Model):
                  positional_encoding: bool = True, type_embedding: bool = True,
                  queue_size: int = 8192, temperature: float = 0.07,
                  share_heads: bool = False, normalization: str = "batch",
-                 **kwargs: Any) -> None:
+                 remove_queue_hits: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if variant not in VARIANTS:
             raise ValueError(f"FELRecModel variant must be one of {VARIANTS}, got "
@@ -71,6 +74,7 @@ class FELRecModel(tf.keras.Model):
         self.variant, self.dim = variant, dim
         self.share_heads, self.normalization = bool(share_heads), normalization
         self.queue_size, self.temperature = queue_size, temperature
+        self.remove_queue_hits = bool(remove_queue_hits)
         self._encoder_config = dict(
             num_layers=num_layers, num_heads=num_heads, ff_dim=ff_dim, dropout=dropout,
             num_positions=num_positions, positional_encoding=positional_encoding,
@@ -86,8 +90,9 @@ class FELRecModel(tf.keras.Model):
             self.user_prediction = prediction_head(dim, normalization, name="user_prediction")
             self.item_prediction = self.user_prediction if share_heads else prediction_head(
                 dim, normalization, name="item_prediction")
+        loss_options = {"remove_hits": self.remove_queue_hits} if variant == "q" else {}
         self.objective = felrec_loss(variant, self.user_projection.output_dim, queue_size,
-                                     temperature, name="objective")
+                                     temperature, name="objective", **loss_options)
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
     @property
@@ -117,12 +122,19 @@ class FELRecModel(tf.keras.Model):
 
     def loss_from_representations(self, users: tf.Tensor, items: tf.Tensor,
                                   training: Optional[bool] = None,
-                                  update_queue: bool = False) -> tf.Tensor:
-        """The variant's loss on `[B, d]` representations (heads applied here)."""
+                                  update_queue: bool = False,
+                                  batch: Optional[Dict[str, tf.Tensor]] = None) -> tf.Tensor:
+        """The variant's loss on `[B, d]` representations (heads applied here).
+
+        `batch` (the interactions' `user` / `item` ids) lets FELRec-Q remove queue
+        hits and enqueue the ids."""
         user_projection = self.user_projection(users, training=training)
         item_projection = self.item_projection(items, training=training)
         if self.variant == "q":
-            return self.objective(user_projection, item_projection, update_queue=update_queue)
+            ids = {} if batch is None else {"user_ids": batch["user"],
+                                            "item_ids": batch["item"]}
+            return self.objective(user_projection, item_projection,
+                                  update_queue=update_queue, **ids)
         return self.objective(self.user_prediction(user_projection, training=training),
                               item_projection,
                               self.item_prediction(item_projection, training=training),
@@ -139,7 +151,7 @@ class FELRecModel(tf.keras.Model):
         with tf.GradientTape() as tape:
             users, items = self.encode(batch, training=True)
             loss = self.loss_from_representations(users, items, training=True,
-                                                  update_queue=True)
+                                                  update_queue=True, batch=batch)
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         self.write_cache(batch, users, items)
@@ -167,7 +179,7 @@ class FELRecModel(tf.keras.Model):
         """Online evaluation: encodes, scores the loss, keeps the cache up to date."""
         batch = self._batch(data)
         users, items = self.encode(batch, training=False)
-        loss = self.loss_from_representations(users, items, training=False)
+        loss = self.loss_from_representations(users, items, training=False, batch=batch)
         self.write_cache(batch, users, items)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
@@ -198,7 +210,8 @@ class FELRecModel(tf.keras.Model):
         return dict(num_users=self.cache.num_users, num_items=self.cache.num_items,
                     variant=self.variant, dim=self.dim, queue_size=self.queue_size,
                     temperature=self.temperature, share_heads=self.share_heads,
-                    normalization=self.normalization, name=self.name,
+                    normalization=self.normalization,
+                    remove_queue_hits=self.remove_queue_hits, name=self.name,
                     **self._encoder_config)
 
 

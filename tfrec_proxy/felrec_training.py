@@ -105,7 +105,7 @@ def build_felrec_model(config: RunConfig, num_users: int, num_items: int) -> FEL
         dropout=felrec.dropout, num_positions=max(512, felrec.history_len),
         queue_size=felrec.queue_size, temperature=felrec.temperature,
         share_heads=felrec.share_heads, normalization=felrec.normalization,
-        name="felrec")
+        remove_queue_hits=felrec.remove_queue_hits, name="felrec")
 
 
 def build_variables(model: FELRecModel) -> None:
@@ -115,7 +115,7 @@ def build_variables(model: FELRecModel) -> None:
     probe = {"user": tf.zeros([1], tf.int32), "item": tf.zeros([1], tf.int32),
              "user_history": -tf.ones([1, 1], tf.int32),
              "item_history": -tf.ones([1, 1], tf.int32)}
-    model.loss_from_representations(*model.encode(probe), training=False)
+    model.loss_from_representations(*model.encode(probe), training=False, batch=probe)
     if model.optimizer is not None:
         model.optimizer.build(model.trainable_variables)
 

@@ -249,6 +249,9 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                choices=FELREC_NORMALIZATIONS),
     ConfigFlag("--share-heads", "model.felrec.share_heads", "FELRec: one projection MLP for "
                "users and items (-shareMLP ablation)", const=True),
+    ConfigFlag("--keep-queue-hits", "model.felrec.remove_queue_hits", "FELRec-Q: keep "
+               "queue entries of the positive's own user/item as negatives (the paper's "
+               "loss; default removes them)", const=False),
     ConfigFlag("--felrec-optimizer", "model.felrec.optimizer", "FELRec optimizer: SGD "
                "(momentum 0.9, paper) or Adam; base rate --learning-rate",
                choices=FELREC_OPTIMIZERS),
