@@ -26,6 +26,11 @@ Methods (`--methods`):
 
 * `felrec_q` / `felrec_p`: `train(config)` with `model.encoder = "felrec"` and
   `model.loss` = "infonce" / "byol" (the library's online evaluator).
+* `felrec_q_keep_hits`: FELRec-Q with the paper's loss, queue entries of the
+  positive's own user / item kept as negatives (`felrec_q` removes them, the
+  library's default since 2026-12-02; the earlier FELRec-Q runs are this variant).
+* `felrec_q_sgd_cosine_12ep` / `felrec_q_adam_cosine_12ep`: FELRec-Q for 12 epochs
+  under a cosine schedule (2 warm-up epochs) with SGD 0.01 or Adam 1e-3.
 * `two_tower`: our self-attention two-tower (default encoder, `extraction="last"`,
   id item tower, batch softmax + logQ, d = 64), trained on the *training part only*
   (the training interactions as a data frame, chunked leave-two-out split inside it
@@ -78,6 +83,10 @@ _TWO_TOWER = {"model.encoder": "self-attention", "model.loss": "softmax",
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "felrec_q": {"model.encoder": "felrec", "model.loss": "infonce"},
     "felrec_p": {"model.encoder": "felrec", "model.loss": "byol"},
+    # The paper's loss: queue entries of the positive's own id stay negatives (every
+    # FELRec-Q run before the hit removal became the default, 2026-12-02).
+    "felrec_q_keep_hits": {"model.encoder": "felrec", "model.loss": "infonce",
+                           "model.felrec.remove_queue_hits": False},
     # Sweep (the 5-epoch runs above chose their first epoch in 3 of 6 runs): 12
     # epochs under a cosine schedule with a 2-epoch warm-up, with the paper's SGD
     # (momentum 0.9, base rate 0.01) or with Adam at the base rate 1e-3.
@@ -93,6 +102,7 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "id_pir": {**_TWO_TOWER, "model.item_tower": "pir"},
 }
 LABELS = {"felrec_q": "FELRec-Q", "felrec_p": "FELRec-P",
+          "felrec_q_keep_hits": "FELRec-Q, queue hits kept (the paper's loss)",
           "felrec_q_sgd_cosine_12ep": "FELRec-Q, SGD 0.01 + cosine, 12 epochs",
           "felrec_q_adam_cosine_12ep": "FELRec-Q, Adam 1e-3 + cosine, 12 epochs",
           "two_tower": "two-tower (self-attention, id items)",
