@@ -59,7 +59,8 @@ def _smoke_jobs(tmp):
                           "--results", tmp / "speed.jsonl")],
         "ram_blocks": [("bench_ram_blocks.py", "--data", "synthetic", "--steps", "1",
                         "--warmup", "1", "--repeats", "1", "--blocks", "2", "--max-len",
-                        "20", "--batch-size", "500")],
+                        "20", "--batch-size", "500", "--dim", "8", "--heads", "2")],
+        "epoch_time": [("bench_epoch_time.py", "--quick", "--settings", "500:8:8")],
     }
 
 
@@ -285,4 +286,11 @@ def test_bench_sasrec_speed_smoke(smoke):
 
 def test_bench_ram_blocks_smoke(smoke):
     (out,) = _result(smoke, "ram_blocks")
+    assert "n_b=2:" in out.stdout and "d=8," in out.stdout
+
+
+def test_bench_epoch_time_smoke(smoke):
+    (out,) = _result(smoke, "epoch_time")
+    assert "targets 500, min sequences 8, d=8:" in out.stdout
+    assert "s for the epoch (" in out.stdout
     assert "RAM/SASRec step time ratio" in out.stdout.strip().splitlines()[-1]
