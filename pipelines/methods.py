@@ -78,18 +78,31 @@ def apply_method(config: RunConfig, name: str) -> RunConfig:
     check_methods([name])
     values = copy.deepcopy(config.to_dict())
     for key, value in METHODS[name].items():
-        section, field = key.split(".")
-        values[section][field] = value
+        _set_path(values, key, value)
     return RunConfig.from_dict(values)
+
+
+def _set_path(values: Dict[str, Any], key: str, value: Any) -> None:
+    """Sets `values[a][b]...[z] = value` for a dotted `key` "a.b....z" (e.g.
+    "train.epochs", "model.felrec.optimizer"); every section must exist."""
+    *sections, field = key.split(".")
+    if not sections:
+        raise ValueError(f"override {key!r} must be section.field (e.g. train.epochs)")
+    node = values
+    for section in sections:
+        if not isinstance(node.get(section), dict):
+            raise ValueError(f"override {key!r}: no config section {section!r}")
+        node = node[section]
+    node[field] = value
 
 
 def with_overrides(config: RunConfig, overrides: Mapping[str, Any],
                    seed: Optional[int] = None) -> RunConfig:
-    """A copy of `config` with `section.field` overrides (and the training seed)."""
+    """A copy of `config` with dotted `section.field` (or `section.sub.field`)
+    overrides, and the training seed."""
     values = copy.deepcopy(config.to_dict())
     for key, value in overrides.items():
-        section, field = key.split(".")
-        values[section][field] = value
+        _set_path(values, key, value)
     result = RunConfig.from_dict(values)
     if seed is not None:
         result.train.seed = int(seed)

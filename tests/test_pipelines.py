@@ -183,6 +183,17 @@ def test_methods_presets():
         assert "mur_idw" in str(error)
     else:
         raise AssertionError("unknown method accepted")
+    nested = methods.with_overrides(RunConfig(), {"model.felrec.optimizer": "adam",
+                                                  "train.epochs": 3}, seed=4)
+    assert (nested.model.felrec.optimizer, nested.train.epochs, nested.train.seed) == (
+        "adam", 3, 4)
+    for bad in ("epochs", "model.nope.x"):
+        try:
+            methods.with_overrides(RunConfig(), {bad: 1})
+        except ValueError as error:
+            assert repr(bad) in str(error)
+        else:
+            raise AssertionError(f"override {bad!r} accepted")
     assert methods.mean_std([0.5, 0.7], 100) == "60.00 ± 14.14"
     assert methods.mean_std([0.5], 100) == "50.00" and methods.mean_std([]) == "-"
 
