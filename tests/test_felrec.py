@@ -118,6 +118,39 @@ def test_queue_keeps_ids_fifo():
     assert layer.item_queue_ids.numpy().tolist() == [-1, 0, 7, -1, -1]
 
 
+def test_mean_pairwise_cosine_by_hand():
+    from tfrec_proxy.felrec import mean_pairwise_cosine
+
+    v = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [0.0, 0.0]])
+    units = [np.array([1, 0]), np.array([0, 1]), np.array([1, 1]) / np.sqrt(2),
+             np.array([0, 0])]
+    pairs = [units[i] @ units[j] for i in range(4) for j in range(4) if i != j]
+    assert mean_pairwise_cosine(v) == pytest.approx(np.mean(pairs))
+    assert mean_pairwise_cosine(np.ones([3, 4])) == pytest.approx(1.0)
+    assert mean_pairwise_cosine(np.eye(4)) == pytest.approx(0.0)
+    assert np.isnan(mean_pairwise_cosine(np.ones([1, 4])))
+    with pytest.raises(ValueError, match=r"\[n, d\] vectors"):
+        mean_pairwise_cosine(np.ones(4))
+
+
+def test_cache_spread_logs_collapse():
+    from tfrec_proxy.felrec import CacheSpread
+
+    model = FELRecModel(4, 6, "q", dim=4, num_layers=1, num_heads=2, ff_dim=8,
+                        queue_size=8)
+    model.cache.update("user", tf.constant([0, 2]), tf.ones([2, 4]))   # collapsed
+    model.cache.update("item", tf.constant([1, 3, 5]), tf.eye(4)[:3])  # orthogonal
+    callback = CacheSpread(sample=2, seed=0)
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["cache_user_cosine"] == pytest.approx(1.0)
+    assert logs["cache_item_cosine"] == pytest.approx(0.0)  # 2 of the 3 sampled
+    assert model.cache.filled_ids("item").tolist() == [1, 3, 5]
+    with pytest.raises(ValueError, match="sample must be an int >= 2"):
+        CacheSpread(sample=1)
+
+
 def test_info_nce_gradient_only_reaches_queries():
     u, x, queue = tf.constant(U), tf.constant(X), tf.constant(IQ)
     with tf.GradientTape(persistent=True) as tape:

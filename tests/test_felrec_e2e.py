@@ -115,6 +115,9 @@ def test_training_loss_falls_and_metrics_are_per_partition(felrec_run):
     losses = results["history"]["loss"]
     assert losses[-1] < losses[0], losses
     assert len(results["history"]["val_normalized_rank"]) == len(losses)
+    for kind in ("user", "item"):  # the cache's spread, logged every epoch
+        spread = results["history"][f"cache_{kind}_cosine"]
+        assert len(spread) == len(losses) and all(-1 <= c <= 1 for c in spread), spread
     metrics, split = results["test"], _split(run_dir)
     for prefix in ("", "reset/"):
         assert metrics[f"{prefix}total/count"] == len(split.test)

@@ -13,6 +13,8 @@ pushes the batch's projections into its queues. Train with an unshuffled dataset
 
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
+
 from tfrec_proxy._tf import tf
 from tfrec_proxy.felrec_losses import felrec_loss
 from tfrec_proxy.layers.felrec import (ITEMS_OF_USER, USERS_OF_ITEM, VARIANTS, FELRecEncoder,
@@ -225,3 +227,62 @@ class ResetCache(tf.keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
         self.model.reset_cache()
+
+
+def mean_pairwise_cosine(vectors: np.ndarray) -> float:
+    """Mean cosine similarity over all pairs of distinct rows of `[n, d]` vectors.
+
+    1.0 means every row points the same way (collapsed representations), ~0 spread
+    out; NaN with fewer than two rows. Zero rows count as cosine 0 with every row.
+    Computed as `(||sum_i v_i||^2 - n) / (n (n - 1))` over the unit rows (O(n d)).
+
+    Example:
+
+        mean_pairwise_cosine(np.ones([3, 4]))  # 1.0
+        mean_pairwise_cosine(np.eye(4))        # 0.0
+    """
+    vectors = np.asarray(vectors, np.float64)
+    if vectors.ndim != 2:
+        raise ValueError(f"mean_pairwise_cosine expects [n, d] vectors, got shape "
+                         f"{vectors.shape}.")
+    n = len(vectors)
+    if n < 2:
+        return float("nan")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    units = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return float((np.sum(units.sum(0) ** 2) - np.sum(units * units)) / (n * (n - 1)))
+
+
+class CacheSpread(tf.keras.callbacks.Callback):
+    """Logs, after each training epoch, how spread out the cached representations are:
+    `cache_user_cosine` and `cache_item_cosine`, the mean pairwise cosine of (up to
+    `sample` random) filled rows (`mean_pairwise_cosine`: 1 = collapsed).
+
+    FELRec has no id features and empties its cache at every epoch start, so every
+    entity starts from the encoder's output for zero vectors; these figures show
+    whether training separates them. Place it before `OnlineValidation` (which
+    writes validation representations into the cache).
+
+    Example:
+
+        model.fit(data, epochs=5, shuffle=False,
+                  callbacks=[ResetCache(), CacheSpread(), validation])
+    """
+
+    def __init__(self, sample: int = 1024, seed: int = 0) -> None:
+        super().__init__()
+        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 2:
+            raise ValueError(f"CacheSpread sample must be an int >= 2, got {sample!r}.")
+        self.sample, self.seed = sample, int(seed)
+
+    def spread(self, kind: str) -> float:
+        """The mean pairwise cosine of up to `sample` filled `kind` rows."""
+        cache = self.model.cache
+        rows = cache.filled_ids(kind)
+        if len(rows) > self.sample:
+            rows = np.random.default_rng(self.seed).choice(rows, self.sample, replace=False)
+        return mean_pairwise_cosine(cache.lookup(kind, rows).numpy())
+
+    def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
+        if logs is not None:
+            logs.update({f"cache_{kind}_cosine": self.spread(kind) for kind in (USER, ITEM)})

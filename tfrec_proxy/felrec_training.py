@@ -13,7 +13,8 @@ here. The steps:
    `ResetCache` (an empty cache at every epoch start, §2.4), the learning-rate
    schedule (SGD + cosine after warm-up, §2.6), `OnlineValidation` (validation
    interactions scored online after every epoch, `val_normalized_rank` /
-   `val_hr@10` in the history; best epoch restored at the end, §3.3) and the
+   `val_hr@10` in the history; best epoch restored at the end, §3.3), `CacheSpread`
+   (`cache_user_cosine` / `cache_item_cosine`: how collapsed the cache is) and the
    caller's callbacks;
 4. test: the cache kept, the test interactions scored online per partition
    (`tfrec_proxy.felrec_evaluation`); with `model.felrec.eval_reset` also the
@@ -39,7 +40,7 @@ from tfrec_proxy.backup import (EpochBackup, TrainingBackup, checkpointable_rand
 from tfrec_proxy.callbacks import TimeBudget
 from tfrec_proxy.config import DataConfig, RunConfig
 from tfrec_proxy.data.felrec_data import ChronologicalData, prepare_chronological
-from tfrec_proxy.felrec import FELRecModel, ResetCache
+from tfrec_proxy.felrec import CacheSpread, FELRecModel, ResetCache
 from tfrec_proxy.felrec_evaluation import OnlineEvaluator, OnlineValidation, summarize
 from tfrec_proxy.felrec_losses import loss_variant
 from tfrec_proxy.layers.felrec import NORMALIZATIONS
@@ -234,7 +235,8 @@ def train(config: RunConfig, *, output_dir: Union[str, Path] = "saved_models",
     if train_config.time_budget_minutes is not None:
         extra.append(TimeBudget(time.perf_counter() - earlier
                                 + 60.0 * train_config.time_budget_minutes))
-    fit_callbacks = [ResetCache(), schedule, validation, *extra, *callbacks]
+    fit_callbacks = [ResetCache(), schedule, CacheSpread(seed=train_config.seed), validation,
+                     *extra, *callbacks]
     history = _fit(model, data, config, fit_callbacks, verbose, backup,
                    lambda: earlier + time.perf_counter() - started)
     train_seconds = time.perf_counter() - started

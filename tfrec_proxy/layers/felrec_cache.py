@@ -236,6 +236,11 @@ class RepresentationCache(tf.keras.layers.Layer):
         _, filled = self._kind(kind)
         return int(tf.reduce_sum(tf.cast(filled, tf.int64)))
 
+    def filled_ids(self, kind: str) -> np.ndarray:
+        """`[n]` int64 ids of the `kind` entities that have a representation (eager)."""
+        _, filled = self._kind(kind)
+        return np.flatnonzero(filled.numpy() > 0)
+
     def call(self, ids: tf.Tensor, kind: str = ITEM) -> tf.Tensor:
         """`lookup(kind, ids)`: `[...]` ids -> `[..., dim]` float32."""
         return self.lookup(kind, ids)
