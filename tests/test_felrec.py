@@ -88,20 +88,18 @@ def test_info_nce_removes_queue_hits_by_hand(in_batch):
     got = symmetric_info_nce(U, X, UQ, IQ, 0.07, True, in_batch, users, items,
                              user_queue_ids, item_queue_ids)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
-    layer = InfoNCEQueueLoss(D, queue_size=5, in_batch_negatives=in_batch)
-    layer.user_queue.assign(UQ)
-    layer.item_queue.assign(IQ)
-    layer.user_queue_ids.assign(user_queue_ids)
-    layer.item_queue_ids.assign(item_queue_ids)
-    np.testing.assert_allclose(layer(U, X, user_ids=users, item_ids=items).numpy(), expected,
-                               rtol=1e-5)
-    kept = InfoNCEQueueLoss(D, queue_size=5, in_batch_negatives=in_batch, remove_hits=False)
-    kept.user_queue.assign(UQ)
-    kept.item_queue.assign(IQ)
-    kept.user_queue_ids.assign(user_queue_ids)
-    kept.item_queue_ids.assign(item_queue_ids)
-    np.testing.assert_allclose(kept(U, X, user_ids=users, item_ids=items).numpy(), plain,
-                               rtol=1e-5)
+    layers = {}
+    for remove_hits, want in ((True, expected), (False, plain)):  # False: the paper's
+        layer = InfoNCEQueueLoss(D, queue_size=5, in_batch_negatives=in_batch,
+                                 remove_hits=remove_hits)
+        for variable, value in ((layer.user_queue, UQ), (layer.item_queue, IQ),
+                                (layer.user_queue_ids, user_queue_ids),
+                                (layer.item_queue_ids, item_queue_ids)):
+            variable.assign(value)
+        np.testing.assert_allclose(layer(U, X, user_ids=users, item_ids=items).numpy(), want,
+                                   rtol=1e-5)
+        layers[remove_hits] = layer
+    layer = layers[True]
     with pytest.raises(ValueError, match="user_ids and item_ids go together"):
         layer(U, X, user_ids=users)
 
