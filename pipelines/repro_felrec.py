@@ -26,11 +26,12 @@ Methods (`--methods`):
 
 * `felrec_q` / `felrec_p`: `train(config)` with `model.encoder = "felrec"` and
   `model.loss` = "infonce" / "byol" (the library's online evaluator).
-* `felrec_q_keep_hits`: FELRec-Q with the paper's loss, queue entries of the
-  positive's own user / item kept as negatives (`felrec_q` removes them, the
-  library's default since 2026-12-02; the earlier FELRec-Q runs are this variant).
-* `felrec_q_sgd_cosine_12ep` / `felrec_q_adam_cosine_12ep`: FELRec-Q for 12 epochs
-  under a cosine schedule (2 warm-up epochs) with SGD 0.01 or Adam 1e-3.
+* `felrec_q_remove_hits`: FELRec-Q with the queue entries of the positive's own
+  user / item left out of the softmax (`model.felrec.remove_queue_hits`; `felrec_q`
+  is the paper's loss, which keeps them as negatives).
+* `felrec_q_sgd_cosine_12ep` / `felrec_q_adam_cosine_12ep`: FELRec-Q (hits
+  removed) for 12 epochs under a cosine schedule (2 warm-up epochs) with SGD 0.01 or
+  Adam 1e-3.
 * `two_tower`: our self-attention two-tower (default encoder, `extraction="last"`,
   id item tower, batch softmax + logQ, d = 64), trained on the *training part only*
   (the training interactions as a data frame, chunked leave-two-out split inside it
@@ -83,26 +84,29 @@ _TWO_TOWER = {"model.encoder": "self-attention", "model.loss": "softmax",
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "felrec_q": {"model.encoder": "felrec", "model.loss": "infonce"},
     "felrec_p": {"model.encoder": "felrec", "model.loss": "byol"},
-    # The paper's loss: queue entries of the positive's own id stay negatives (every
-    # FELRec-Q run before the hit removal became the default, 2026-12-02).
-    "felrec_q_keep_hits": {"model.encoder": "felrec", "model.loss": "infonce",
-                           "model.felrec.remove_queue_hits": False},
+    # Queue entries of the positive's own user / item left out of the softmax
+    # (`model.felrec.remove_queue_hits`; the paper, and `felrec_q`, keep them).
+    "felrec_q_remove_hits": {"model.encoder": "felrec", "model.loss": "infonce",
+                             "model.felrec.remove_queue_hits": True},
     # Sweep (the 5-epoch runs above chose their first epoch in 3 of 6 runs): 12
     # epochs under a cosine schedule with a 2-epoch warm-up, with the paper's SGD
-    # (momentum 0.9, base rate 0.01) or with Adam at the base rate 1e-3.
+    # (momentum 0.9, base rate 0.01) or with Adam at the base rate 1e-3; queue hits
+    # removed.
     "felrec_q_sgd_cosine_12ep": {"model.encoder": "felrec", "model.loss": "infonce",
+                                 "model.felrec.remove_queue_hits": True,
                                  "model.felrec.optimizer": "sgd",
                                  "model.felrec.lr_schedule": "cosine",
                                  "model.felrec.warmup_epochs": 2,
                                  "train.learning_rate": 0.01, "train.epochs": 12},
     "felrec_q_adam_cosine_12ep": {"model.encoder": "felrec", "model.loss": "infonce",
+                                  "model.felrec.remove_queue_hits": True,
                                   "model.felrec.lr_schedule": "cosine",
                                   "model.felrec.warmup_epochs": 2, "train.epochs": 12},
     "two_tower": {**_TWO_TOWER, "model.item_tower": "id"},
     "id_pir": {**_TWO_TOWER, "model.item_tower": "pir"},
 }
 LABELS = {"felrec_q": "FELRec-Q", "felrec_p": "FELRec-P",
-          "felrec_q_keep_hits": "FELRec-Q, queue hits kept (the paper's loss)",
+          "felrec_q_remove_hits": "FELRec-Q, queue hits removed",
           "felrec_q_sgd_cosine_12ep": "FELRec-Q, SGD 0.01 + cosine, 12 epochs",
           "felrec_q_adam_cosine_12ep": "FELRec-Q, Adam 1e-3 + cosine, 12 epochs",
           "two_tower": "two-tower (self-attention, id items)",

@@ -51,7 +51,7 @@ class FELRecModel(tf.keras.Model):
         normalization: "batch" (paper) or "layer" in the MLPs (the -LN ablation).
         remove_queue_hits: FELRec-Q: leave the queue rows of a batch row's own user
             (item) out of its softmax (`InfoNCEQueueLoss(remove_hits=...)`); False
-            is the paper's loss.
+            (default) is the paper's loss.
 
     Example:
 
@@ -68,7 +68,7 @@ class FELRecModel(tf.keras.Model):
                  positional_encoding: bool = True, type_embedding: bool = True,
                  queue_size: int = 8192, temperature: float = 0.07,
                  share_heads: bool = False, normalization: str = "batch",
-                 remove_queue_hits: bool = True, **kwargs: Any) -> None:
+                 remove_queue_hits: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if variant not in VARIANTS:
             raise ValueError(f"FELRecModel variant must be one of {VARIANTS}, got "

@@ -29,9 +29,9 @@ class FELRecConfig:
         normalization: `"batch"` (paper) or `"layer"` in the MLPs (-LN ablation).
         remove_queue_hits: FELRec-Q leaves the queue entries of a row's own user
             (item) out of its InfoNCE softmax (TFRS-style accidental-hit removal;
-            `tfrec_proxy.felrec_losses`). The paper does not (False): with a
-            catalogue not much larger than the queue, the queue holds stale copies
-            of the positive itself.
+            `tfrec_proxy.felrec_losses`). The paper does not (False, the default);
+            with a catalogue not much larger than the queue, the queue holds stale
+            copies of the positive itself.
         optimizer: `"sgd"` (paper, momentum 0.9) or `"adam"`.
         lr_schedule: `"cosine"` (per epoch: linear warm-up from 1e-7 for
             `warmup_epochs`, then cosine decay to 1e-7, as the reference code) or
@@ -55,7 +55,7 @@ class FELRecConfig:
     history_len: int = 64
     share_heads: bool = False
     normalization: str = "batch"
-    remove_queue_hits: bool = True
+    remove_queue_hits: bool = False
     optimizer: str = "sgd"
     lr_schedule: str = "cosine"
     warmup_epochs: int = 10

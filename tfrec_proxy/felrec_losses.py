@@ -21,9 +21,10 @@ larger than the queue (the synthetic 1,000 items against K = 4,096; popular item
 many times over) those stale copies are false negatives that the loss pushes the
 query away from. With ids (`positive_ids`, `queue_ids`), queue entries of the
 positive's own id are removed from the softmax, as TFRS's `Retrieval` removes
-accidental hits (`remove_accidental_hits`); `InfoNCEQueueLoss(remove_hits=True)`,
-the default, keeps the ids beside the queues. The paper (on 59k and 433k items) and
-its reference code do not do this; `remove_hits=False` is their loss.
+accidental hits (`remove_accidental_hits`), with `InfoNCEQueueLoss(remove_hits=True)`
+(the ids are kept beside the queues either way). The paper (on 59k and 433k items)
+and its reference code do not do this; `remove_hits=False`, the default, is their
+loss.
 """
 
 from typing import Any, Dict
@@ -188,7 +189,7 @@ class InfoNCEQueueLoss(tf.keras.layers.Layer):
         seed: Seed of the queues' random initial unit vectors.
         remove_hits: With ids passed to `call`, leave the queue rows of each
             positive's own id out of its softmax (see the module docstring);
-            False = the paper's loss.
+            False (default) = the paper's loss.
 
     Shapes:
         `[B, d]` user and item projections (and optional `[B]` int ids) -> scalar
@@ -196,7 +197,7 @@ class InfoNCEQueueLoss(tf.keras.layers.Layer):
 
     Example:
 
-        loss_fn = InfoNCEQueueLoss(dim=8, queue_size=32)
+        loss_fn = InfoNCEQueueLoss(dim=8, queue_size=32, remove_hits=True)
         u, x = tf.random.normal([4, 8]), tf.random.normal([4, 8])
         loss = loss_fn(u, x, update_queue=True)  # scalar; queues now hold u, x
         users, items = tf.constant([3, 1, 4, 1]), tf.constant([5, 9, 2, 6])
@@ -205,7 +206,7 @@ class InfoNCEQueueLoss(tf.keras.layers.Layer):
 
     def __init__(self, dim: int, queue_size: int = 8192, temperature: float = 0.07,
                  normalize: bool = True, in_batch_negatives: bool = False, seed: int = 0,
-                 remove_hits: bool = True, **kwargs: Any) -> None:
+                 remove_hits: bool = False, **kwargs: Any) -> None:
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         for name, value in (("dim", dim), ("queue_size", queue_size)):

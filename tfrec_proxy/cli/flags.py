@@ -249,9 +249,9 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                choices=FELREC_NORMALIZATIONS),
     ConfigFlag("--share-heads", "model.felrec.share_heads", "FELRec: one projection MLP for "
                "users and items (-shareMLP ablation)", const=True),
-    ConfigFlag("--keep-queue-hits", "model.felrec.remove_queue_hits", "FELRec-Q: keep "
-               "queue entries of the positive's own user/item as negatives (the paper's "
-               "loss; default removes them)", const=False),
+    ConfigFlag("--remove-queue-hits", "model.felrec.remove_queue_hits", "FELRec-Q: leave "
+               "queue entries of the positive's own user/item out of the softmax "
+               "(default: kept as negatives, the paper's loss)", const=True),
     ConfigFlag("--felrec-optimizer", "model.felrec.optimizer", "FELRec optimizer: SGD "
                "(momentum 0.9, paper) or Adam; base rate --learning-rate",
                choices=FELREC_OPTIMIZERS),
