@@ -16,8 +16,9 @@ from the most recent position (position 0 at the right end of a left-padded
 sequence), then dropout and a LayerNorm; the blocks are post-norm (Vaswani et al.)
 with bias-free attention projections; the type embedding is added before scaling;
 a sequence with no real position is encoded from one zero-vector slot (its last
-position), which the reference's masks amount to, so a first interaction gets a
-learned "empty" representation.
+position), so a first interaction gets a learned "empty" representation. (The
+reference's masks go further: every sequence shorter than L also covers one
+zero-vector padding slot; this layer does not, see BENCHMARKS.md, FELRec.)
 """
 
 import math
