@@ -289,11 +289,16 @@ def test_encoder_masks_padding_and_pools_real_positions():
     mask = np.array([[False, True, True], [True, True, True]])
     out = encoder(vectors, mask, ITEMS_OF_USER).numpy()
     assert out.shape == (2, 8)
-    # Garbage in padded positions and extra left padding change nothing.
+    # Garbage in padded positions and extra left padding change nothing (for row 1,
+    # full at L = 3, the padding slot appears at L = 5: the next test).
     padded = np.concatenate([_normal(2, 2, 8) * 100, vectors], 1)
     padded[0, 2] = 1e3
     padded_mask = np.concatenate([np.zeros([2, 2], bool), mask], 1)
-    np.testing.assert_allclose(encoder(padded, padded_mask, ITEMS_OF_USER).numpy(), out,
+    np.testing.assert_allclose(encoder(padded, padded_mask, ITEMS_OF_USER).numpy()[0],
+                               out[0], rtol=1e-5, atol=1e-5)
+    plain = _small_encoder(padding_slot=False)
+    np.testing.assert_allclose(plain(padded, padded_mask, ITEMS_OF_USER).numpy(),
+                               plain(vectors, mask, ITEMS_OF_USER).numpy(),
                                rtol=1e-5, atol=1e-5)
     # The type embedding tells a user's items from an item's users.
     other = encoder(vectors, mask, USERS_OF_ITEM).numpy()
@@ -304,6 +309,33 @@ def test_encoder_masks_padding_and_pools_real_positions():
     empty = encoder(_normal(2, 3, 8), np.zeros([2, 3], bool), ITEMS_OF_USER).numpy()
     assert np.isfinite(empty).all()
     np.testing.assert_allclose(empty[0], empty[1], rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_padding_slot_is_one_zero_vector_left_of_the_history():
+    """The reference code's mask: a history shorter than L also covers the padding
+    position just left of its oldest item, as a zero vector (plus the type token)."""
+    vectors = _normal(3, 4, 8)
+    mask = np.array([[False, False, True, True], [True, True, True, True],
+                     [False, False, False, False]])
+    slot = _small_encoder()
+    out = slot(vectors, mask, ITEMS_OF_USER).numpy()
+    plain = FELRecEncoder.from_config({**slot.get_config(), "padding_slot": False})
+    plain(vectors, mask)
+    plain.set_weights(slot.get_weights())
+    # == the slot made a real, zero position of an encoder without slots; the full
+    # row 1 has no slot, the empty row 2 has it at its last position.
+    explicit = vectors.copy()
+    explicit[0, :2] = explicit[2] = 0.0
+    explicit_mask = np.array([[False, True, True, True], [True] * 4,
+                              [False, False, False, True]])
+    np.testing.assert_allclose(out, plain(explicit, explicit_mask, ITEMS_OF_USER).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    # Without the slot, padding is ignored entirely (row 0 == its real part alone).
+    no_slot = plain(vectors, mask, ITEMS_OF_USER).numpy()
+    np.testing.assert_allclose(no_slot[0], plain(vectors[:1, 2:], mask[:1, 2:]).numpy()[0],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(no_slot[1:], out[1:], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(no_slot[0], out[0], atol=1e-3)
 
 
 def test_encoder_layer_is_bidirectional():

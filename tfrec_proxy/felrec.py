@@ -43,7 +43,8 @@ class FELRecModel(tf.keras.Model):
         variant: "q" (InfoNCE with queues) or "p" (BYOL-style).
         dim: Model width d (paper 128).
         num_layers, num_heads, ff_dim, dropout, num_positions, positional_encoding,
-            type_embedding: `FELRecEncoder`'s arguments (paper 3, 4, 256, 0.1).
+            type_embedding, padding_slot: `FELRecEncoder`'s arguments (paper 3, 4,
+            256, 0.1; the reference code's padding slot).
         queue_size: FELRec-Q queue length K (paper 8192).
         temperature: FELRec-Q tau (paper 0.07).
         share_heads: One projection (and prediction) MLP for users and items (the
@@ -66,7 +67,7 @@ class FELRecModel(tf.keras.Model):
                  num_layers: int = 3, num_heads: int = 4, ff_dim: int = 256,
                  dropout: float = 0.1, num_positions: int = 512,
                  positional_encoding: bool = True, type_embedding: bool = True,
-                 queue_size: int = 8192, temperature: float = 0.07,
+                 padding_slot: bool = True, queue_size: int = 8192, temperature: float = 0.07,
                  share_heads: bool = False, normalization: str = "batch",
                  remove_queue_hits: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -80,7 +81,7 @@ class FELRecModel(tf.keras.Model):
         self._encoder_config = dict(
             num_layers=num_layers, num_heads=num_heads, ff_dim=ff_dim, dropout=dropout,
             num_positions=num_positions, positional_encoding=positional_encoding,
-            type_embedding=type_embedding)
+            type_embedding=type_embedding, padding_slot=padding_slot)
         self.cache = RepresentationCache(dim, num_users, num_items, name="cache")
         self.encoder = FELRecEncoder(dim, name="encoder", **self._encoder_config)
         self.user_projection = projection_head(variant, dim, normalization,

@@ -32,6 +32,8 @@ class FELRecConfig:
             `tfrec_proxy.felrec_losses`). The paper does not (False, the default);
             with a catalogue not much larger than the queue, the queue holds stale
             copies of the positive itself.
+        padding_slot: Histories shorter than L also cover one zero-vector padding slot
+            (the reference code's mask, default); False: only empty histories do.
         optimizer: `"sgd"` (paper, momentum 0.9) or `"adam"`.
         lr_schedule: `"cosine"` (per epoch: linear warm-up from 1e-7 for
             `warmup_epochs`, then cosine decay to 1e-7, as the reference code) or
@@ -56,6 +58,7 @@ class FELRecConfig:
     share_heads: bool = False
     normalization: str = "batch"
     remove_queue_hits: bool = False
+    padding_slot: bool = True
     optimizer: str = "sgd"
     lr_schedule: str = "cosine"
     warmup_epochs: int = 10

@@ -106,7 +106,8 @@ def build_felrec_model(config: RunConfig, num_users: int, num_items: int) -> FEL
         dropout=felrec.dropout, num_positions=max(512, felrec.history_len),
         queue_size=felrec.queue_size, temperature=felrec.temperature,
         share_heads=felrec.share_heads, normalization=felrec.normalization,
-        remove_queue_hits=felrec.remove_queue_hits, name="felrec")
+        remove_queue_hits=felrec.remove_queue_hits, padding_slot=felrec.padding_slot,
+        name="felrec")
 
 
 def build_variables(model: FELRecModel) -> None:

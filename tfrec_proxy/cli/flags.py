@@ -252,6 +252,9 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
     ConfigFlag("--remove-queue-hits", "model.felrec.remove_queue_hits", "FELRec-Q: leave "
                "queue entries of the positive's own user/item out of the softmax "
                "(default: kept as negatives, the paper's loss)", const=True),
+    ConfigFlag("--no-padding-slot", "model.felrec.padding_slot", "FELRec: only empty "
+               "histories get the zero-vector padding slot (default: every history "
+               "shorter than --history-len does, as the reference code)", const=False),
     ConfigFlag("--felrec-optimizer", "model.felrec.optimizer", "FELRec optimizer: SGD "
                "(momentum 0.9, paper) or Adam; base rate --learning-rate",
                choices=FELREC_OPTIMIZERS),

@@ -15,10 +15,12 @@ inputs are scaled by sqrt(d) and get a fixed sinusoidal position encoding counte
 from the most recent position (position 0 at the right end of a left-padded
 sequence), then dropout and a LayerNorm; the blocks are post-norm (Vaswani et al.)
 with bias-free attention projections; the type embedding is added before scaling;
-a sequence with no real position is encoded from one zero-vector slot (its last
-position), so a first interaction gets a learned "empty" representation. (The
-reference's masks go further: every sequence shorter than L also covers one
-zero-vector padding slot; this layer does not, see BENCHMARKS.md, FELRec.)
+every sequence with fewer than L real positions also covers one padding slot (a
+zero vector plus the type embedding), the position just left of its oldest real one
+(`padding_slot=True`, the reference's `BidirectionalMaskedSessionDataset` mask), so a
+sequence with no real position is encoded from that slot alone and a first
+interaction gets a learned "empty" representation. With `padding_slot=False` only
+empty sequences get the slot.
 """
 
 import math
@@ -139,6 +141,10 @@ class FELRecEncoder(tf.keras.layers.Layer):
             inputs have up to 64 entities).
         positional_encoding: Add the sinusoidal position encoding (reference code).
         type_embedding: Add the type embedding (off: the paper's FELRec-Q-noType).
+        padding_slot: A sequence with fewer than L real positions also attends to and
+            pools one padding slot, just left of its oldest real position (the
+            reference code's mask; default). False: only a sequence with no real
+            position gets it (its last position).
 
     Shapes:
         vectors `[B, L, d]`, mask `[B, L]` bool (True at real positions, None = all),
@@ -155,7 +161,7 @@ class FELRecEncoder(tf.keras.layers.Layer):
     def __init__(self, dim: int = 128, num_layers: int = 3, num_heads: int = 4,
                  ff_dim: int = 256, dropout: float = 0.1, num_positions: int = 512,
                  positional_encoding: bool = True, type_embedding: bool = True,
-                 **kwargs: Any) -> None:
+                 padding_slot: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _check_positive("FELRecEncoder", dim=dim, num_layers=num_layers,
                         num_heads=num_heads, ff_dim=ff_dim, num_positions=num_positions)
@@ -167,6 +173,7 @@ class FELRecEncoder(tf.keras.layers.Layer):
         self.ff_dim, self.dropout, self.num_positions = ff_dim, dropout, num_positions
         self.positional_encoding = bool(positional_encoding)
         self.type_embedding = bool(type_embedding)
+        self.padding_slot = bool(padding_slot)
         # numpy, not a tensor: a constant of whatever graph calls the layer.
         self._positions = sinusoidal_positions(num_positions, dim) \
             if positional_encoding else None
@@ -230,8 +237,10 @@ class FELRecEncoder(tf.keras.layers.Layer):
 
         Args:
             vectors: `[B, L, d]` cached representations, left-padded.
-            mask: `[B, L]` bool, True at real positions (padding False). A row with
-                no real position is encoded from its last position alone.
+            mask: `[B, L]` bool, True at real positions (padding False), real
+                positions at the right end. A row with no real position is encoded
+                from its last position alone; with `padding_slot` a row with fewer
+                than L real positions also covers the position left of its first.
             sequence_type: `ITEMS_OF_USER` (0) or `USERS_OF_ITEM` (1), one for all
                 rows or a `[B]` int tensor.
             training: Keras training flag (dropout).
@@ -241,10 +250,8 @@ class FELRecEncoder(tf.keras.layers.Layer):
         """
         vectors, mask = self._checked(vectors, mask)
         batch, length = tf.shape(vectors)[0], tf.shape(vectors)[1]
-        last = tf.equal(tf.range(length), length - 1)[tf.newaxis, :]
-        empty = tf.logical_not(tf.reduce_any(mask, axis=1, keepdims=True))
         x = vectors * tf.cast(mask, vectors.dtype)[:, :, tf.newaxis]  # padding -> 0
-        mask = tf.logical_or(mask, tf.logical_and(empty, last))  # the "empty" slot
+        mask = tf.logical_or(mask, self._slot(mask, length))
         weights = tf.cast(mask, vectors.dtype)[:, :, tf.newaxis]
         if self._type_embedding is not None:
             types = self._type_embedding(self._type_ids(sequence_type, batch))
@@ -259,6 +266,17 @@ class FELRecEncoder(tf.keras.layers.Layer):
         pooled = tf.reduce_sum(x * weights, axis=1) / tf.reduce_sum(weights, axis=1)
         return self._output(pooled)
 
+    def _slot(self, mask: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+        """`[B, L]` bool: the padding slot of each row (at most one True)."""
+        empty = tf.logical_not(tf.reduce_any(mask, axis=1, keepdims=True))
+        if not self.padding_slot:  # the "empty" slot only: the last position
+            return tf.logical_and(empty, tf.equal(tf.range(length), length - 1)[None, :])
+        # Left of the first real position (argmax finds the first True); -1 (none)
+        # when the row is full.
+        first = tf.argmax(tf.cast(mask, tf.int32), axis=1, output_type=tf.int32)
+        slot = tf.where(empty[:, 0], length - 1, first - 1)
+        return tf.equal(tf.range(length)[tf.newaxis, :], slot[:, tf.newaxis])
+
     def compute_mask(self, vectors: tf.Tensor, mask: Optional[tf.Tensor] = None) -> None:
         return None  # one vector per sequence: nothing left to mask
 
@@ -268,7 +286,8 @@ class FELRecEncoder(tf.keras.layers.Layer):
                       ff_dim=self.ff_dim, dropout=self.dropout,
                       num_positions=self.num_positions,
                       positional_encoding=self.positional_encoding,
-                      type_embedding=self.type_embedding)
+                      type_embedding=self.type_embedding,
+                      padding_slot=self.padding_slot)
         return config
 
 
