@@ -81,13 +81,19 @@ _TWO_TOWER = {"model.encoder": "self-attention", "model.loss": "softmax",
               "data.split": "chunked", "train.epochs": 20, "train.learning_rate": 0.01,
               "train.early_stopping_patience": 3, "train.monitor": "val_ndcg@10",
               "train.eval_ks": [10]}
+# The runs before the reference's padding slot became the default (2026-12-03) had
+# only empty histories get it: those variants keep that mask so their records hold.
+_NO_SLOT = {"model.felrec.padding_slot": False}
 VARIANTS: Dict[str, Dict[str, Any]] = {
-    "felrec_q": {"model.encoder": "felrec", "model.loss": "infonce"},
-    "felrec_p": {"model.encoder": "felrec", "model.loss": "byol"},
+    "felrec_q": {"model.encoder": "felrec", "model.loss": "infonce", **_NO_SLOT},
+    "felrec_p": {"model.encoder": "felrec", "model.loss": "byol", **_NO_SLOT},
+    # The reference code's mask: every history shorter than L covers one padding slot.
+    "felrec_q_slot": {"model.encoder": "felrec", "model.loss": "infonce"},
+    "felrec_p_slot": {"model.encoder": "felrec", "model.loss": "byol"},
     # Queue entries of the positive's own user / item left out of the softmax
     # (`model.felrec.remove_queue_hits`; the paper, and `felrec_q`, keep them).
     "felrec_q_remove_hits": {"model.encoder": "felrec", "model.loss": "infonce",
-                             "model.felrec.remove_queue_hits": True},
+                             "model.felrec.remove_queue_hits": True, **_NO_SLOT},
     # Sweep (the 5-epoch runs above chose their first epoch in 3 of 6 runs): 12
     # epochs under a cosine schedule with a 2-epoch warm-up, with the paper's SGD
     # (momentum 0.9, base rate 0.01) or with Adam at the base rate 1e-3; queue hits
@@ -97,15 +103,19 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
                                  "model.felrec.optimizer": "sgd",
                                  "model.felrec.lr_schedule": "cosine",
                                  "model.felrec.warmup_epochs": 2,
-                                 "train.learning_rate": 0.01, "train.epochs": 12},
+                                 "train.learning_rate": 0.01, "train.epochs": 12,
+                                 **_NO_SLOT},
     "felrec_q_adam_cosine_12ep": {"model.encoder": "felrec", "model.loss": "infonce",
                                   "model.felrec.remove_queue_hits": True,
                                   "model.felrec.lr_schedule": "cosine",
-                                  "model.felrec.warmup_epochs": 2, "train.epochs": 12},
+                                  "model.felrec.warmup_epochs": 2, "train.epochs": 12,
+                                  **_NO_SLOT},
     "two_tower": {**_TWO_TOWER, "model.item_tower": "id"},
     "id_pir": {**_TWO_TOWER, "model.item_tower": "pir"},
 }
 LABELS = {"felrec_q": "FELRec-Q", "felrec_p": "FELRec-P",
+          "felrec_q_slot": "FELRec-Q, reference padding slot",
+          "felrec_p_slot": "FELRec-P, reference padding slot",
           "felrec_q_remove_hits": "FELRec-Q, queue hits removed",
           "felrec_q_sgd_cosine_12ep": "FELRec-Q, SGD 0.01 + cosine, 12 epochs",
           "felrec_q_adam_cosine_12ep": "FELRec-Q, Adam 1e-3 + cosine, 12 epochs",

@@ -26,7 +26,7 @@ def cli_run(tmp_path_factory):
     code = main(["train", "--config", str(folder / "config.json"), "--output", str(folder),
                  "--run-name", "mur_idw", "--extraction", "mur", "--num-interests", "3",
                  "--weighting", "idw", "--idw-max-iterations", "2", "--idw-eta", "1e-9",
-                 "--max-k", "20"])
+                 "--max-k", "20", "--scann-target-recall", "1.0"])
     assert code == 0
     return folder / "mur_idw"
 
@@ -89,10 +89,11 @@ json.dump(out, sys.stdout)
     brute = np.asarray(out["brute_force"])
     overlap = [len(set(a) & set(b)) / 10 for a, b in zip(brute, expected)]
     assert np.mean(overlap) >= 0.999  # exact up to float ties
-    # ScaNN is tuned at export to recall@10 >= 0.95 on validation queries (not to
-    # near-exhaustive search any more); these are other queries, so a looser bound.
+    # The run's ScaNN is tuned to recall@10 = 1 on its validation queries (the
+    # default target, 0.95, picks by timing among settings that meet it, so its
+    # recall on other queries varies from run to run).
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(out["scann"], expected)])
-    assert recall >= 0.9, recall
+    assert recall >= 0.99, recall
 
 
 def test_recommend_verb_serves_the_mur_run(cli_run, capsys):
