@@ -15,7 +15,8 @@ prototype + noise 0.5, item skew 1.0). Methods (`--methods`): `id_sur`, `pir_sur
 `id_mur_idw`, `pir_mur_idw` (`pipelines/methods.py` presets `sur` / `mur_idw` with
 `model.item_tower` = id / pir), `pir_k0` (content only, K = 0) and `pir_shared`
 (PIR also embeds the history items), `pir_k1000` and `pir_kall` (K = 1000 and K = |I|:
-every training item learns a proxy-weight bias). Each finished run appends a JSON line
+every training item learns a proxy-weight bias), `pir_kall_mur_idw` (K = |I| under
+MUR-IDW: the K that wins on ML-1M's weak genre attributes). Each finished run appends a JSON line
 (metrics, parameter counts, seconds) to `pipelines/results/pir_<dataset>.jsonl`.
 
 `--summarize` prints markdown tables (x100, mean ± std over seeds): overall sampled
@@ -51,11 +52,13 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "pir_k1000": {**METHODS["sur"], "model.item_tower": "pir", "model.frequent_bias_k": 1000},
     "pir_kall": {**METHODS["sur"], "model.item_tower": "pir",
                  "model.frequent_bias_k": 1_000_000},  # every training item (K = |I|)
+    "pir_kall_mur_idw": {**METHODS["mur_idw"], "model.item_tower": "pir",
+                         "model.frequent_bias_k": 1_000_000},
 }
 LABELS = {"id_sur": "id + SUR", "pir_sur": "PIR + SUR", "id_mur_idw": "id + MUR-IDW",
           "pir_mur_idw": "PIR + MUR-IDW", "pir_k0": "PIR K=0 + SUR",
           "pir_shared": "PIR shared + SUR", "pir_k1000": "PIR K=1000 + SUR",
-          "pir_kall": "PIR K=all + SUR"}
+          "pir_kall": "PIR K=all + SUR", "pir_kall_mur_idw": "PIR K=all + MUR-IDW"}
 GROUPS = 10
 
 
