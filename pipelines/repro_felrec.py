@@ -29,6 +29,10 @@ Methods (`--methods`):
 * `felrec_q_remove_hits`: FELRec-Q with the queue entries of the positive's own
   user / item left out of the softmax (`model.felrec.remove_queue_hits`; `felrec_q`
   is the paper's loss, which keeps them as negatives).
+* `felrec_q_slot` / `felrec_p_slot`: the same with the reference code's padding slot
+  (the encoder's default since 2026-12-03; the variants above keep the older mask,
+  `padding_slot=False`, so their records stay valid); `felrec_q_slot_remove_hits`
+  adds `remove_queue_hits`.
 * `felrec_q_sgd_cosine_12ep` / `felrec_q_adam_cosine_12ep`: FELRec-Q (hits
   removed) for 12 epochs under a cosine schedule (2 warm-up epochs) with SGD 0.01 or
   Adam 1e-3.
@@ -49,6 +53,13 @@ Methods (`--methods`):
   are embedded from their attributes (OOV index, no frequent-item bias) with the
   trained tower, so they have vectors. Its pool is FELRec's: training items plus the
   new items that occurred on the time line before the interaction.
+
+`--config pipelines/configs/felrec_synthetic_dense.json --results
+pipelines/results/felrec_synthetic_dense.jsonl`: the same protocol on a denser
+catalogue (200 items in 10 clusters, ~240 training interactions per item against
+~50), to test whether FELRec needs more interactions per entity.
+
+`pipelines/felrec_reference.py` runs the authors' own PyTorch code on the same split.
 
 Each finished run appends a JSON line (metrics, seconds) to
 `pipelines/results/felrec_synthetic.jsonl`. `--summarize` prints the table (mean ± std
@@ -90,6 +101,8 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     # The reference code's mask: every history shorter than L covers one padding slot.
     "felrec_q_slot": {"model.encoder": "felrec", "model.loss": "infonce"},
     "felrec_p_slot": {"model.encoder": "felrec", "model.loss": "byol"},
+    "felrec_q_slot_remove_hits": {"model.encoder": "felrec", "model.loss": "infonce",
+                                  "model.felrec.remove_queue_hits": True},
     # Queue entries of the positive's own user / item left out of the softmax
     # (`model.felrec.remove_queue_hits`; the paper, and `felrec_q`, keep them).
     "felrec_q_remove_hits": {"model.encoder": "felrec", "model.loss": "infonce",
@@ -116,6 +129,7 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
 LABELS = {"felrec_q": "FELRec-Q", "felrec_p": "FELRec-P",
           "felrec_q_slot": "FELRec-Q, reference padding slot",
           "felrec_p_slot": "FELRec-P, reference padding slot",
+          "felrec_q_slot_remove_hits": "FELRec-Q, padding slot, queue hits removed",
           "felrec_q_remove_hits": "FELRec-Q, queue hits removed",
           "felrec_q_sgd_cosine_12ep": "FELRec-Q, SGD 0.01 + cosine, 12 epochs",
           "felrec_q_adam_cosine_12ep": "FELRec-Q, Adam 1e-3 + cosine, 12 epochs",

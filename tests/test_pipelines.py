@@ -106,7 +106,7 @@ def test_configs_parse_and_build():
 
     paths = sorted((PIPELINES / "configs").glob("*.json"))
     assert [p.name for p in paths] == [
-        "felrec_synthetic.json", "ml1m_d64.json", "ml1m_idw.json", "ml1m_sasrec.json",
+        "felrec_synthetic.json", "felrec_synthetic_dense.json", "ml1m_d64.json", "ml1m_idw.json", "ml1m_sasrec.json",
         "ml1m_sur.json", "pir_ml1m.json", "pir_synthetic.json", "proxysr_diginetica.json",
         "proxysr_synthetic.json", "synthetic_default.json"]
     for path in paths:
@@ -305,3 +305,29 @@ def test_bench_epoch_time_smoke(smoke):
     (out,) = _result(smoke, "epoch_time")
     assert "targets 500, min sequences 8, d=8:" in out.stdout
     assert "s for the epoch (" in out.stdout
+
+
+def test_felrec_reference_export_writes_the_split(tmp_path):
+    """The reference-code diagnostic gets exactly our chronological split."""
+    import importlib.util
+
+    import pandas as pd
+
+    from tfrec_proxy.data.felrec_data import prepare_chronological
+
+    spec = importlib.util.spec_from_file_location("felrec_reference",
+                                                  PIPELINES / "felrec_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = RunConfig.from_json(PIPELINES / "configs" / "felrec_synthetic.json")
+    config.data.synthetic.num_users, config.data.synthetic.num_items = 200, 100
+    config.to_json(tmp_path / "small.json")
+    module.export(str(tmp_path / "split.tsv"), str(tmp_path / "small.json"))
+    frame = pd.read_csv(tmp_path / "split.tsv", sep="\t")
+    split = prepare_chronological(config.data, history_len=8).split
+    assert list(frame.columns) == ["user", "item", "split", "partition"]
+    assert (frame["user"].to_numpy() == split.user).all()
+    assert (frame["item"].to_numpy() == split.item).all()
+    assert (frame["split"] == "train").sum() == split.num_train
+    test = frame[frame["split"] == "test"]
+    assert (test["partition"] == "new_items").sum() == split.test.mask("new_items").sum()
