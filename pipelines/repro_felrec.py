@@ -32,7 +32,7 @@ Methods (`--methods`):
 * `felrec_q_slot` / `felrec_p_slot`: the same with the reference code's padding slot
   (the encoder's default since 2026-12-03; the variants above keep the older mask,
   `padding_slot=False`, so their records stay valid); `felrec_q_slot_remove_hits`
-  adds `remove_queue_hits`.
+  adds `remove_queue_hits`; `felrec_q_slot_tau05` sets tau = 0.5 (paper 0.07).
 * `felrec_q_sgd_cosine_12ep` / `felrec_q_adam_cosine_12ep`: FELRec-Q (hits
   removed) for 12 epochs under a cosine schedule (2 warm-up epochs) with SGD 0.01 or
   Adam 1e-3.
@@ -103,6 +103,8 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "felrec_p_slot": {"model.encoder": "felrec", "model.loss": "byol"},
     "felrec_q_slot_remove_hits": {"model.encoder": "felrec", "model.loss": "infonce",
                                   "model.felrec.remove_queue_hits": True},
+    "felrec_q_slot_tau05": {"model.encoder": "felrec", "model.loss": "infonce",
+                            "model.felrec.temperature": 0.5},
     # Queue entries of the positive's own user / item left out of the softmax
     # (`model.felrec.remove_queue_hits`; the paper, and `felrec_q`, keep them).
     "felrec_q_remove_hits": {"model.encoder": "felrec", "model.loss": "infonce",
@@ -130,6 +132,7 @@ LABELS = {"felrec_q": "FELRec-Q", "felrec_p": "FELRec-P",
           "felrec_q_slot": "FELRec-Q, reference padding slot",
           "felrec_p_slot": "FELRec-P, reference padding slot",
           "felrec_q_slot_remove_hits": "FELRec-Q, padding slot, queue hits removed",
+          "felrec_q_slot_tau05": "FELRec-Q, padding slot, temperature 0.5",
           "felrec_q_remove_hits": "FELRec-Q, queue hits removed",
           "felrec_q_sgd_cosine_12ep": "FELRec-Q, SGD 0.01 + cosine, 12 epochs",
           "felrec_q_adam_cosine_12ep": "FELRec-Q, Adam 1e-3 + cosine, 12 epochs",
