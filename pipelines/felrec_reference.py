@@ -40,27 +40,25 @@ PARTITIONS = ("observed", "new_users", "new_items")
 
 def export(path: str, config_path: str) -> None:
     sys.path.insert(0, str(HERE.parent))
-    import pandas as pd
-
     from tfrec_proxy.config import RunConfig
     from tfrec_proxy.data.felrec_data import prepare_chronological
 
     config = RunConfig.from_json(config_path)
     split = prepare_chronological(config.data, history_len=config.model.felrec.history_len).split
-    names = ["train"] * split.num_train + ["validation"] * split.num_validation
-    names += ["test"] * (len(split.user) - len(names))
-    frame = pd.DataFrame({"user": split.user, "item": split.item, "split": names,
-                          "partition": [PARTITIONS[p] for p in split.partition]})
+    frame = split.interactions[["user_index", "item_index", "split", "partition"]].rename(
+        columns={"user_index": "user", "item_index": "item"})
     frame.to_csv(path, sep="\t", index=False)
     print(f"wrote {len(frame)} interactions ({split.num_train} train) to {path}")
 
 
 def _spread(vectors) -> float:
+    """`tfrec_proxy.felrec.mean_pairwise_cosine` on a torch tensor (that module needs
+    TensorFlow, which the torch venv lacks); zero rows count as cosine 0, as there."""
     import torch
 
     units = torch.nn.functional.normalize(vectors.double(), dim=1)
     n = len(units)
-    return float(((units.sum(0) ** 2).sum() - n) / (n * (n - 1)))
+    return float(((units.sum(0) ** 2).sum() - (units * units).sum()) / (n * (n - 1)))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -105,9 +103,8 @@ def run(args: argparse.Namespace) -> None:
     schedule = reclib.optim.CosineLRSchedule(optimizer=optimizer, steps=args.epochs,
                                              warmup_steps=args.warmup, eta_min=1e-7) \
         if args.schedule == "cosine" else None
-    train_items = data["item"].to_numpy()[train_rows]
     seen_users = np.unique(data["user"].to_numpy()[train_rows])
-    seen_items = np.unique(train_items)
+    seen_items = np.unique(data["item"].to_numpy()[train_rows])
     epochs, best, start = [], None, time.time()
     for epoch in range(args.epochs):
         if schedule is not None:
@@ -121,7 +118,8 @@ def run(args: argparse.Namespace) -> None:
         loss = float(meters[2].value)  # LossMeter: the epoch's mean training loss
         spread = {"user": _spread(model.user_embeddings[seen_users]),
                   "item": _spread(model.item_embeddings[seen_items])}
-        mask = ref.create_mask(index=np.unique(train_items), size=model.num_items)
+        # A fresh mask each epoch: the reference's eval_step adds items to it.
+        mask = ref.create_mask(index=seen_items, size=model.num_items)
         _, (ranks,) = reclib.optim.eval_epoch(
             model=model, metrics=[reclib.metrics.normalized_rank],
             eval_step=ref.eval_step(existing_items_mask=mask, ns=args.val_negatives),

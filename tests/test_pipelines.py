@@ -106,9 +106,10 @@ def test_configs_parse_and_build():
 
     paths = sorted((PIPELINES / "configs").glob("*.json"))
     assert [p.name for p in paths] == [
-        "felrec_synthetic.json", "felrec_synthetic_dense.json", "ml1m_d64.json", "ml1m_idw.json", "ml1m_sasrec.json",
-        "ml1m_sur.json", "pir_ml1m.json", "pir_synthetic.json", "proxysr_diginetica.json",
-        "proxysr_synthetic.json", "synthetic_default.json"]
+        "felrec_synthetic.json", "felrec_synthetic_dense.json", "ml1m_d64.json",
+        "ml1m_idw.json", "ml1m_sasrec.json", "ml1m_sur.json", "pir_ml1m.json",
+        "pir_synthetic.json", "proxysr_diginetica.json", "proxysr_synthetic.json",
+        "synthetic_default.json"]
     for path in paths:
         config = RunConfig.from_json(path)
         if config.model.encoder == "felrec":  # its own model (FELRecModel), no item tower
