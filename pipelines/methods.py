@@ -112,12 +112,19 @@ def with_overrides(config: RunConfig, overrides: Mapping[str, Any],
 def run_variant_grid(results: Union[str, Path], base: RunConfig,
                      variants: Mapping[str, Mapping[str, Any]],
                      order: Sequence[Tuple[str, int]],
-                     describe: Any = None, verbose: int = 0) -> None:
+                     describe: Any = None, verbose: int = 0,
+                     backup_root: Optional[Union[str, Path]] = None) -> None:
     """Trains every `(variant, seed)` of `order` not yet in `results` (no export),
     on data prepared once from `base`, appending one JSON line per finished run:
     variant (`method`), seed, seconds, config/grid hashes, epochs, phases, trainable
     parameters and every test metric. `describe(metrics) -> str` adds to the
-    progress line; `verbose` is Keras `fit`'s (2: one line per epoch)."""
+    progress line; `verbose` is Keras `fit`'s (2: one line per epoch).
+
+    With `backup_root`, each run backs up its training after every epoch to
+    `backup_root/<variant>-seed<seed>` (`TrainConfig.backup_dir`), so a run killed
+    mid-way (a session's end) resumes from its last epoch when the grid is started
+    again; its `seconds` then include the earlier processes' training time and
+    `resumed` says where it picked up."""
     from tfrec_proxy.data import prepare_data
     from tfrec_proxy.export import parameter_report
     from tfrec_proxy.training import train
@@ -129,12 +136,17 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
     print(f"data: {data.summary()}", flush=True)
     for number, (method, seed) in enumerate(todo, start=1):
         config = with_overrides(base, variants[method], seed)
+        digest = config_hash(config)  # before the backup folder: same runs, same hash
+        resumed: Dict[str, Any] = {}
+        if backup_root is not None:
+            config.train.backup_dir = str(Path(backup_root) / f"{method}-seed{seed}")
+            resumed = backed_up_progress(config.train.backup_dir)
         started = time.perf_counter()
         result = train(config, export=False, verbose=verbose, data=data)
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started + resumed.get("earlier_seconds", 0.0)
         append_result(results, {
             "method": method, "seed": int(seed), "seconds": round(seconds, 2),
-            "config_hash": config_hash(config), "grid_hash": grid,
+            "config_hash": digest, "grid_hash": grid, **({"resumed": resumed} if resumed else {}),
             "epochs": sum(p["epochs"] for p in result.phases),
             "phases": [{key: p[key] for key in ("name", "epochs", "seconds")}
                        for p in result.phases],
@@ -143,6 +155,19 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
         extra = f"; {describe(result.metrics)}" if describe else ""
         print(f"[{number}/{len(todo)}] {method} seed {seed}: {seconds / 60:.1f} min, "
               f"{sum(p['epochs'] for p in result.phases)} epochs{extra}", flush=True)
+
+
+def backed_up_progress(directory: Union[str, Path]) -> Dict[str, Any]:
+    """Where a backup in `directory` stands (`{"phase", "epoch", "earlier_seconds"}`,
+    the training seconds spent on it so far), or `{}` when there is none."""
+    from tfrec_proxy.backup import PROGRESS_FILE
+
+    path = Path(directory) / PROGRESS_FILE
+    if not path.exists():
+        return {}
+    progress = json.loads(path.read_text())
+    return {"phase": int(progress["phase"]), "epoch": int(progress["epoch"]),
+            "earlier_seconds": round(float(progress["train_seconds"]), 2)}
 
 
 def validation_curves(history: Mapping[str, Sequence[float]]) -> Dict[str, List[float]]:
@@ -288,13 +313,23 @@ def add_grid_arguments(parser: argparse.ArgumentParser, variants: Iterable[str],
     parser.add_argument("--results", type=Path,
                         help="JSON-lines results file (default pipelines/results/...)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--backup-root", type=Path,
+                        help="back each run up here after every epoch, so a killed grid "
+                             "resumes mid-run (default: beside the results file, "
+                             "<results>.backups/; git-ignored)")
+    parser.add_argument("--no-backup", action="store_true", help="no per-epoch backups")
     parser.add_argument("--summarize", action="store_true",
                         help="print the table of the results file and stop")
 
 
 def default_results(args: argparse.Namespace, stem: str) -> None:
     """Sets `args.results` (when not given) to `pipelines/results/<stem>.jsonl`, or
-    `<stem>_quick.jsonl` with `--quick`."""
+    `<stem>_quick.jsonl` with `--quick`, and `args.backup_root` (when not given) to
+    the folder beside it, `<stem>.backups/` (None with `--no-backup`)."""
     if args.results is None:
         suffix = "_quick" if args.quick else ""
         args.results = Path(__file__).resolve().parent / "results" / f"{stem}{suffix}.jsonl"
+    if getattr(args, "no_backup", False):
+        args.backup_root = None
+    elif getattr(args, "backup_root", None) is None:
+        args.backup_root = Path(args.results).with_suffix(".backups")

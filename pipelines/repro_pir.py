@@ -84,7 +84,8 @@ def run_grid(args: argparse.Namespace) -> None:
                 f"{m['full/ndcg@10']:.4f}; cold full HR@10 {m.get('cold/full/hr@10', 0):.4f}")
 
     order = [(m, s) for s in args.seeds for m in args.methods]
-    run_variant_grid(args.results, base_config(args), VARIANTS, order, describe)
+    run_variant_grid(args.results, base_config(args), VARIANTS, order, describe,
+                     backup_root=args.backup_root)
 
 
 def summarize(args: argparse.Namespace) -> None:

@@ -109,7 +109,8 @@ def main() -> None:
         return f"R@20 {m['full/hr@20']:.4f} MRR@20 {m['full/mrr@20']:.4f}"
 
     order = [(m, s) for s in args.seeds for m in methods]
-    run_variant_grid(args.results, base_config(args), VARIANTS, order, describe)
+    run_variant_grid(args.results, base_config(args), VARIANTS, order, describe,
+                     backup_root=args.backup_root)
 
 
 if __name__ == "__main__":

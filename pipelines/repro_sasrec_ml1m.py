@@ -167,7 +167,7 @@ def main() -> None:
 
     order = [(m, s) for s in args.seeds for m in args.methods]
     run_variant_grid(args.results, base_config(args), VARIANTS, order, describe,
-                     verbose=args.verbose)
+                     verbose=args.verbose, backup_root=args.backup_root)
 
 
 if __name__ == "__main__":

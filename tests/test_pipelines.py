@@ -199,6 +199,57 @@ def test_methods_presets():
     assert methods.mean_std([0.5], 100) == "50.00" and methods.mean_std([]) == "-"
 
 
+def test_grid_backs_each_run_up_and_counts_a_resumed_runs_earlier_time(tmp_path,
+                                                                        monkeypatch):
+    """`run_variant_grid(backup_root=...)` gives each run its own backup folder (so a
+    killed grid resumes mid-run: `tests/test_resume.py` pins that `train` does) and
+    records the training time that earlier processes spent on a resumed run."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_config
+    import tfrec_proxy.export
+    import tfrec_proxy.training
+
+    sys.path.insert(0, str(PIPELINES))
+    try:
+        import methods
+    finally:
+        sys.path.remove(str(PIPELINES))
+    folders = []
+
+    def fake_train(config, **kwargs):
+        folders.append(config.train.backup_dir)
+        return SimpleNamespace(phases=[{"name": "train", "epochs": 3, "seconds": 1.0}],
+                               model=None, metrics={"full/hr@10": 0.5}, history={})
+
+    monkeypatch.setattr(tfrec_proxy.training, "train", fake_train)
+    monkeypatch.setattr(tfrec_proxy.export, "parameter_report", lambda model: {})
+    root = tmp_path / "grid.backups"
+    (root / "a-seed1").mkdir(parents=True)  # what a run killed after 2 epochs leaves
+    (root / "a-seed1" / "progress.json").write_text(json.dumps(
+        {"phase": 0, "epoch": 2, "train_seconds": 500.0}))
+    results = tmp_path / "grid.jsonl"
+    base = tiny_config()
+    methods.run_variant_grid(results, base, {"a": {}}, [("a", 0), ("a", 1)],
+                             backup_root=root)
+    assert folders == [str(root / "a-seed0"), str(root / "a-seed1")]
+    fresh, resumed = [json.loads(line) for line in results.read_text().splitlines()]
+    assert "resumed" not in fresh and fresh["seconds"] < 500
+    assert resumed["resumed"] == {"phase": 0, "epoch": 2, "earlier_seconds": 500.0}
+    assert resumed["seconds"] >= 500
+    # The backup folder is not part of a run's fingerprint.
+    assert fresh["config_hash"] == methods.config_hash(methods.with_overrides(base, {}, 0))
+    methods.run_variant_grid(results, base, {"a": {}}, [("a", 2)], backup_root=None)
+    assert folders[-1] is None  # --no-backup
+    # The default backup root sits beside the results file.
+    args = SimpleNamespace(results=None, quick=False, backup_root=None, no_backup=False)
+    methods.default_results(args, "grid")
+    assert args.backup_root == args.results.with_suffix(".backups")
+    args = SimpleNamespace(results=results, quick=False, backup_root=None, no_backup=True)
+    methods.default_results(args, "grid")
+    assert args.backup_root is None
+
+
 def test_repro_idw_synthetic_smoke(smoke):
     tmp = smoke[0]
     out, again, summary = _result(smoke, "idw_synthetic", 3)
