@@ -36,6 +36,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 from tfrec_proxy.config import RunConfig
 
+# Per-epoch backups of the default grids' runs (git-ignored with saved_models/).
+BACKUP_ROOT = Path(__file__).resolve().parent.parent / "saved_models" / ".grid_backups"
+
 _SUR = {"model.extraction": "mur", "model.num_interests": 1, "model.scorer": "auto"}
 _MUR = {"model.extraction": "mur", "model.num_interests": 5, "model.scorer": "auto"}
 # Every preset names every field it could differ in, so applying a preset on top of
@@ -315,8 +318,8 @@ def add_grid_arguments(parser: argparse.ArgumentParser, variants: Iterable[str],
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--backup-root", type=Path,
                         help="back each run up here after every epoch, so a killed grid "
-                             "resumes mid-run (default: beside the results file, "
-                             "<results>.backups/; git-ignored)")
+                             "resumes mid-run (default saved_models/.grid_backups/<results "
+                             "name>, or <results>.backups/ beside a --results file)")
     parser.add_argument("--no-backup", action="store_true", help="no per-epoch backups")
     parser.add_argument("--summarize", action="store_true",
                         help="print the table of the results file and stop")
@@ -325,11 +328,15 @@ def add_grid_arguments(parser: argparse.ArgumentParser, variants: Iterable[str],
 def default_results(args: argparse.Namespace, stem: str) -> None:
     """Sets `args.results` (when not given) to `pipelines/results/<stem>.jsonl`, or
     `<stem>_quick.jsonl` with `--quick`, and `args.backup_root` (when not given) to
-    the folder beside it, `<stem>.backups/` (None with `--no-backup`)."""
-    if args.results is None:
+    `saved_models/.grid_backups/<stem>` for that default, else to `<results>.backups/`
+    beside the results file given (None with `--no-backup`)."""
+    defaulted = args.results is None
+    if defaulted:
         suffix = "_quick" if args.quick else ""
         args.results = Path(__file__).resolve().parent / "results" / f"{stem}{suffix}.jsonl"
     if getattr(args, "no_backup", False):
         args.backup_root = None
     elif getattr(args, "backup_root", None) is None:
-        args.backup_root = Path(args.results).with_suffix(".backups")
+        # Backups hold trained weights (data-derived: never under results/).
+        args.backup_root = (BACKUP_ROOT / Path(args.results).stem if defaulted
+                            else Path(args.results).with_suffix(".backups"))

@@ -241,10 +241,15 @@ def test_grid_backs_each_run_up_and_counts_a_resumed_runs_earlier_time(tmp_path,
     assert fresh["config_hash"] == methods.config_hash(methods.with_overrides(base, {}, 0))
     methods.run_variant_grid(results, base, {"a": {}}, [("a", 2)], backup_root=None)
     assert folders[-1] is None  # --no-backup
-    # The default backup root sits beside the results file.
+    # Default backup roots: under saved_models/ for the default results file (the
+    # weights are data-derived: never under results/), else beside the file given.
     args = SimpleNamespace(results=None, quick=False, backup_root=None, no_backup=False)
     methods.default_results(args, "grid")
-    assert args.backup_root == args.results.with_suffix(".backups")
+    assert args.backup_root == methods.BACKUP_ROOT / "grid"
+    assert args.backup_root.parent.parent.name == "saved_models"
+    args = SimpleNamespace(results=results, quick=False, backup_root=None, no_backup=False)
+    methods.default_results(args, "grid")
+    assert args.backup_root == tmp_path / "grid.backups"
     args = SimpleNamespace(results=results, quick=False, backup_root=None, no_backup=True)
     methods.default_results(args, "grid")
     assert args.backup_root is None
