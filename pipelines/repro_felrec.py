@@ -79,9 +79,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from methods import (add_grid_arguments, append_result, config_hash,  # noqa: E402
-                     default_results, grid_todo, markdown_table, mean, mean_std,
-                     runs_by_method, with_overrides)
+from methods import (add_grid_arguments, append_result, backed_up_progress,  # noqa: E402
+                     config_hash, default_results, grid_todo, markdown_table, mean,
+                     mean_std, runs_by_method, with_overrides)
 
 HERE = Path(__file__).resolve().parent
 NAME = "felrec_synthetic"
@@ -330,12 +330,17 @@ def run_grid(args: argparse.Namespace) -> None:
         config = with_overrides(base, VARIANTS[method], seed)
         if args.quick:  # every method one epoch (the two-tower's overrides set 20)
             config.train.epochs, config.train.early_stopping_patience = 1, 0
+        digest = config_hash(config)  # before the backup folder: same runs, same hash
+        resumed: Dict[str, Any] = {}
+        if args.backup_root is not None:  # per-epoch backups: a killed run resumes
+            config.train.backup_dir = str(Path(args.backup_root) / f"{method}-seed{seed}")
+            resumed = backed_up_progress(config.train.backup_dir)
         started = time.perf_counter()
-        extra: Dict[str, Any] = {}
+        extra: Dict[str, Any] = {"resumed": resumed} if resumed else {}
         if config.model.encoder == "felrec":
             result = train(config, export=False, verbose=0)
             metrics = result.metrics
-            extra = {"epochs": len(result.history.get("loss", [])),
+            extra = {**extra, "epochs": len(result.history.get("loss", [])),
                      "best_epoch": result.phases[0].get("best_epoch"),
                      "score_sign": result.phases[0].get("score_sign"),
                      "history": result.history,
@@ -344,11 +349,12 @@ def run_grid(args: argparse.Namespace) -> None:
                     "partitions"]:
                 raise RuntimeError("FELRec's split differs from the shared one")
         else:
-            metrics, extra = two_tower_scores(config, shared, seed)
-        seconds = time.perf_counter() - started
+            metrics, scored = two_tower_scores(config, shared, seed)
+            extra.update(scored)
+        seconds = time.perf_counter() - started + resumed.get("earlier_seconds", 0.0)
         append_result(args.results, {
             "method": method, "seed": int(seed), "seconds": round(seconds, 2),
-            "config_hash": config_hash(config), "grid_hash": grid,
+            "config_hash": digest, "grid_hash": grid,
             "split": shared.fingerprint(), **extra, "metrics": metrics})
         print(f"[{number}/{len(todo)}] {method} seed {seed}: {seconds / 60:.1f} min; "
               + "; ".join(f"{p} rank {metrics.get(p + '/normalized_rank', float('nan')):.3f}"

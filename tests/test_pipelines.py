@@ -61,6 +61,9 @@ def _smoke_jobs(tmp):
                         "--warmup", "1", "--repeats", "1", "--blocks", "2", "--max-len",
                         "20", "--batch-size", "500", "--dim", "8", "--heads", "2")],
         "epoch_time": [("bench_epoch_time.py", "--quick", "--settings", "500:8:8")],
+        "felrec": [("repro_felrec.py", "--quick", "--methods", "felrec_q", "two_tower",
+                    "--seeds", "0", "--results", tmp / "felrec.jsonl"),
+                   ("repro_felrec.py", "--summarize", "--results", tmp / "felrec.jsonl")],
     }
 
 
@@ -362,6 +365,22 @@ def test_bench_epoch_time_smoke(smoke):
     (out,) = _result(smoke, "epoch_time")
     assert "targets 500, min sequences 8, d=8:" in out.stdout
     assert "s for the epoch (" in out.stdout
+
+
+def test_repro_felrec_smoke(smoke):
+    out, summary = _result(smoke, "felrec", 2)
+    records = [json.loads(line) for line in (smoke[0] / "felrec.jsonl").read_text()
+               .splitlines()]
+    assert [r["method"] for r in records] == ["felrec_q", "two_tower"]
+    assert records[0]["split"] == records[1]["split"]  # one split for every method
+    for record in records:
+        assert "resumed" not in record
+        for part in ("observed", "new_users", "new_items", "total"):
+            assert 0.0 <= record["metrics"][f"{part}/normalized_rank"] <= 1.0
+    # Each run was backed up beside the results file, and its backup removed once done.
+    assert list((smoke[0] / "felrec.backups").iterdir()) == []
+    assert "Goal checks (issue 17):" in summary.stdout
+    assert "| FELRec-Q | 1 |" in summary.stdout
 
 
 def test_felrec_reference_export_writes_the_split(tmp_path):
