@@ -172,6 +172,29 @@ def test_backup_of_another_config_is_refused(tmp_path):
     assert not backup.resuming
 
 
+def test_backup_written_before_a_new_config_field_still_resumes(tmp_path):
+    """A field added to the config after a backup was written (with a default) must
+    not make the same settings look like another config: the stored config is read
+    as the current code reads it. A field the code no longer knows still refuses."""
+    config = tiny_config()
+    stored = config.to_dict()
+    del stored["train"]["learning_rate"]  # as if written before the field existed
+    (tmp_path / PROGRESS_FILE).write_text(json.dumps(
+        {"format": 1, "config": stored, "counter": 1, "phase": 0, "epoch": 1,
+         "train_seconds": 1.0}))
+    assert TrainingBackup(tmp_path, config.to_dict()).resuming  # default learning rate
+    config.train.learning_rate = 0.5  # not the default the old backup implies
+    with pytest.raises(ValueError, match="another config"):
+        TrainingBackup(tmp_path, config.to_dict())
+    stored = tiny_config().to_dict()
+    stored["train"]["no_such_field"] = 1
+    (tmp_path / PROGRESS_FILE).write_text(json.dumps(
+        {"format": 1, "config": stored, "counter": 1, "phase": 0, "epoch": 1,
+         "train_seconds": 1.0}))
+    with pytest.raises(ValueError, match="another config"):
+        TrainingBackup(tmp_path, tiny_config().to_dict())
+
+
 def test_callback_states_round_trip_through_json_and_arrays():
     states = {"fit/1:EarlyStopping": {"wait": 2, "best": float("-inf"),
                                       "best_weights": [np.ones(3), np.zeros((2, 2))]},

@@ -218,7 +218,7 @@ class TrainingBackup:
         if progress.get("format") != FORMAT:
             raise ValueError(f"{str(path)!r} has backup format {progress.get('format')!r}"
                              f"; expected {FORMAT}. Remove the folder to start afresh.")
-        if _comparable(progress["config"]) != self.config:
+        if _as_read_now(progress["config"]) != self.config:
             raise ValueError(f"The backup in {str(self.directory)!r} is of another config; "
                              "rerun with the config that wrote it, or remove the folder / "
                              "choose another --backup-dir to train from the start.")
@@ -357,6 +357,19 @@ def _comparable(config: Mapping[str, Any]) -> Dict[str, Any]:
     values = json.loads(json.dumps(dict(config)))
     values.get("train", {}).pop("backup_dir", None)
     return values
+
+
+def _as_read_now(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A backup's stored config as this code reads it (`RunConfig.from_dict`), so a
+    field added to the config since the backup was written takes its default instead
+    of making the same settings look like another config; unreadable (e.g. a field
+    removed since): the stored dict as it is."""
+    from tfrec_proxy.config import RunConfig  # (config does not import this module)
+
+    try:
+        return _comparable(RunConfig.from_dict(dict(config)).to_dict())
+    except (TypeError, ValueError, KeyError):
+        return _comparable(config)
 
 
 class EpochBackup(tf.keras.callbacks.Callback):
