@@ -78,6 +78,7 @@ def test_seed_sets_only_the_training_seed():
     (["--monitor", "val_hr@5"], "train.monitor", "val_hr@5"),
     (["--num-negatives", "49"], "train.num_negatives", 49),
     (["--eval-chunks", "last"], "train.eval_chunks", "last"),
+    (["--full-ranking-history", "removed"], "train.full_ranking_history", "removed"),
     (["--num-layers", "3"], "model.num_layers", 3),
     (["--num-heads", "1"], "model.num_heads", 1),
     (["--dropout", "0.25"], "model.dropout", 0.25),
@@ -148,6 +149,8 @@ def test_choices_agree_with_the_library():
     from tfrec_proxy.training import EVAL_CHUNKS, OPTIMIZERS, STRATEGIES
 
     assert cli_flags.STRATEGIES == STRATEGIES and cli_flags.EVAL_CHUNKS == EVAL_CHUNKS
+    from tfrec_proxy.evaluation import FULL_RANKING_HISTORY
+    assert cli_flags.FULL_RANKING_HISTORY == FULL_RANKING_HISTORY
     assert cli_flags.OPTIMIZERS == OPTIMIZERS
     # "dataframe" needs a pandas frame handed over in Python: not a CLI source.
     assert set(cli_flags.DATA_SOURCES) == set(DATA_SOURCES) - {"dataframe"}
@@ -418,10 +421,13 @@ def test_evaluate_eval_chunks_defaults_to_the_runs_config(trained_run, capsys, m
                         lambda *args, **kwargs: seen.append(kwargs) or {"ok": 1.0})
     _, run_dir = trained_run
     assert main(["evaluate", "--run", str(run_dir), "--no-full"]) == 0
-    assert main(["evaluate", "--run", str(run_dir), "--eval-chunks", "last"]) == 0
+    assert main(["evaluate", "--run", str(run_dir), "--eval-chunks", "last",
+                 "--full-ranking-history", "removed"]) == 0
     capsys.readouterr()
     config = RunConfig.from_json(run_dir / "config.json").train
     assert seen[0]["chunks"] == config.eval_chunks and seen[1]["chunks"] == "last"
+    assert seen[0]["history"] == config.full_ranking_history == "kept"
+    assert seen[1]["history"] == "removed"
     assert seen[0]["num_negatives"] == config.num_negatives and seen[0]["full"] is False
 
 

@@ -148,6 +148,40 @@ def test_last_chunk_evaluation_and_early_stopping(trained_run):
     assert len(callback.examples) == len(data.examples("validation", chunks="last"))
     with pytest.raises(ValueError, match="Unknown eval_chunks 'first'"):
         train(tiny_config(eval_chunks="first"), export=False)
+    with pytest.raises(ValueError, match="Unknown full_ranking_history 'gone'"):
+        train(tiny_config(full_ranking_history="gone"), export=False)
+
+
+def test_full_ranking_with_the_history_removed_by_hand(trained_run):
+    """`history="removed"` (`--full-ranking-history removed`) ranks each test target
+    against every real item except the user's other items; "kept" against all of
+    them. Both against ranks counted in numpy from the model's score matrix."""
+    from tfrec_proxy.evaluation import evaluate_model
+
+    result, _ = trained_run
+    data, model = result.data, result.model
+    kept = evaluate_model(model, data, "test", ks=(5,), seed=3)
+    removed = evaluate_model(model, data, "test", ks=(5,), seed=3, history="removed")
+    examples = data.examples("test")
+    scores = model.scorer.score_matrix(
+        tf.constant(model.query_embeddings(examples.history)),
+        tf.constant(model.item_embeddings(data.vocab.size))).numpy()
+    ranks = {"kept": [], "removed": []}
+    for row, (target, user) in enumerate(zip(examples.target, examples.user)):
+        others = np.setdiff1d(np.arange(2, data.vocab.size), [target])
+        seen = np.setdiff1d(data.split.user_items[user], [target])
+        ranks["kept"].append(np.sum(scores[row, others] >= scores[row, target]))
+        unseen = np.setdiff1d(others, seen)
+        ranks["removed"].append(np.sum(scores[row, unseen] >= scores[row, target]))
+    for name, metrics in (("kept", kept), ("removed", removed)):
+        rank = np.asarray(ranks[name])
+        assert metrics["full/hr@5"] == pytest.approx(np.mean(rank < 5), abs=1e-6)
+        assert metrics["full/ndcg@5"] == pytest.approx(
+            np.mean(np.where(rank < 5, 1.0 / np.log2(rank + 2.0), 0.0)), abs=1e-6)
+    assert np.any(np.asarray(ranks["removed"]) < np.asarray(ranks["kept"]))  # not a no-op
+    assert removed["sampled/hr@5"] == kept["sampled/hr@5"]  # sampled: the same either way
+    with pytest.raises(ValueError, match="Unknown full-ranking history 'all'"):
+        evaluate_model(model, data, "test", history="all")
 
 
 def test_training_changes_with_the_seed_but_not_the_data():

@@ -312,6 +312,11 @@ class TrainConfig:
         eval_chunks: `"all"` evaluates every chunk's held-out items (IDW §4.1);
             `"last"` only each user's last chunk, whose held-out items no training
             target follows. Applies to validation (early stopping) and test.
+        full_ranking_history: What the full-ranking metrics do with the user's own
+            items: `"kept"` ranks the target against every item (RAM §6.3, the
+            default), `"removed"` skips the user's other interacted items (the
+            full-sort convention of RecBole and several SASRec papers; the target is
+            never skipped). Sampled negatives never include them either way.
         seed: Training seed (TensorFlow, shuffling, negative sampling); the
             synthetic data has its own seed (`SyntheticConfig.seed`).
         strategy: `"default"`, `"mirrored"` or `"multi_worker"` (tf.distribute).
@@ -346,6 +351,7 @@ class TrainConfig:
     min_sequences_per_batch: int = 64
     num_negatives: int = 99
     eval_chunks: str = "all"
+    full_ranking_history: str = "kept"
     seed: int = 0
     strategy: str = "default"
     cross_replica_negatives: bool = False

@@ -2,7 +2,8 @@
 
 IDW §4.2 protocol: HR@k/NDCG@k of the ground-truth item ranked against sampled items
 the user never interacted with (99 by default), plus the same metrics over the full
-catalogue (computed in candidate chunks), each split into head (20% most frequent)
+catalogue (computed in candidate chunks; the user's other items kept, RAM §6.3, or
+removed), each split into head (20% most frequent)
 and tail targets, into five popularity groups of equal size (`pop1` most popular ..
 `pop5`) and into ten frequency groups of equal interaction mass (PIR §4.3: `freq0`
 most frequent .. `freq9`).
@@ -23,6 +24,9 @@ from tfrec_proxy.metrics import (Exclusions, evaluate_embeddings, frequency_grou
                                  popularity_groups, sample_negatives, sampled_ranks, summarize)
 from tfrec_proxy.run_format import PAD_ID
 
+# What the full ranking does with the user's own items (TrainConfig.full_ranking_history).
+FULL_RANKING_HISTORY = ("kept", "removed")
+
 
 def exclusions(data: PreparedData, examples: Examples) -> Exclusions:
     """Each example's user's items (one set per user, shared by its rows)."""
@@ -32,7 +36,7 @@ def exclusions(data: PreparedData, examples: Examples) -> Exclusions:
 def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test",
                    ks: Sequence[int] = (5, 20), num_negatives: int = 99, seed: int = 0,
                    full: bool = True, chunk_size: int = 65536,
-                   chunks: str = "all") -> Dict[str, float]:
+                   chunks: str = "all", history: str = "kept") -> Dict[str, float]:
     """Sampled and full-ranking metrics of an in-memory `RetrievalModel`.
 
     Args:
@@ -45,6 +49,8 @@ def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test
         full: Also rank against the whole catalogue.
         chunk_size: Candidates per tile in the full ranking.
         chunks: `"all"` chunks' held-out items, or each user's `"last"` chunk only.
+        history: `"kept"`: the full ranking ranks every item; `"removed"`: it skips
+            each example's user's other items (`TrainConfig.full_ranking_history`).
 
     Returns:
         Flat dict, e.g. `{"sampled/hr@20": ..., "full/tail/ndcg@20": ...}`.
@@ -54,7 +60,8 @@ def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test
         examples.history, context=query_context(model.query_tower.context_specs, examples))
     return _evaluate(data, examples, queries,
                      model.item_embeddings(data.vocab.size), model.scorer, ks=ks,
-                     num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
+                     num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size,
+                     history=history)
 
 
 def unknown_raw_id(ids: np.ndarray) -> int:
@@ -66,14 +73,14 @@ def unknown_raw_id(ids: np.ndarray) -> int:
 def evaluate_run(run: Any, data: PreparedData, split: str = "test",
                  ks: Sequence[int] = (5, 20), num_negatives: int = 99, seed: int = 0,
                  full: bool = True, chunk_size: int = 65536,
-                 chunks: str = "all") -> Dict[str, float]:
+                 chunks: str = "all", history: str = "kept") -> Dict[str, float]:
     """The same metrics computed through an exported run's SavedModels and candidates.
 
     Args:
         run: A loaded `tfrec_proxy.serving.Run`; its exported scorer is used.
         data: Prepared data; its items are looked up in the run's vocabulary (items
             unknown to the run are OOV in histories and score 0 as targets).
-        split, ks, num_negatives, seed, full, chunk_size, chunks: As in
+        split, ks, num_negatives, seed, full, chunk_size, chunks, history: As in
             `evaluate_model`.
     """
     examples = data.examples(split, chunks=chunks)
@@ -91,7 +98,8 @@ def evaluate_run(run: Any, data: PreparedData, split: str = "test",
     items[known[known >= 2]] = run.candidate_embeddings[known >= 2]
     queries = run.embed_padded(raw, context=query_context(run.context_features, examples))
     return _evaluate(data, examples, queries, items, run.scorer, ks=ks,
-                     num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size)
+                     num_negatives=num_negatives, seed=seed, full=full, chunk_size=chunk_size,
+                     history=history)
 
 
 def query_context(names: Any, examples: Examples) -> Dict[str, np.ndarray]:
@@ -108,10 +116,14 @@ def query_context(names: Any, examples: Examples) -> Dict[str, np.ndarray]:
 
 
 def _evaluate(data: PreparedData, examples: Examples, queries: np.ndarray, items: np.ndarray,
-              scorer: Any, **options: Any) -> Dict[str, float]:
+              scorer: Any, history: str = "kept", **options: Any) -> Dict[str, float]:
     """The shared tail of `evaluate_model`/`evaluate_run`: exclusions, item groups."""
+    if history not in FULL_RANKING_HISTORY:
+        raise ValueError(f"Unknown full-ranking history {history!r}; expected one of "
+                         f"{FULL_RANKING_HISTORY}.")
     options["ks"] = tuple(options["ks"])
     return evaluate_embeddings(queries, items, examples.target, scorer=scorer,
+                               exclude_seen_in_full=history == "removed",
                                head_items=data.head_items,
                                item_groups={**popularity_groups(data.item_counts),
                                             **frequency_groups(data.item_counts)},

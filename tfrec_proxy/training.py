@@ -26,7 +26,7 @@ from tfrec_proxy.backup import TrainingBackup, checkpointable_random, random_gen
 from tfrec_proxy.config import RunConfig, TrainConfig
 from tfrec_proxy.data import PreparedData, Vocabulary, prepare_data
 from tfrec_proxy.data.prepare import CHUNKS, trained_positions
-from tfrec_proxy.evaluation import evaluate_model
+from tfrec_proxy.evaluation import FULL_RANKING_HISTORY, evaluate_model
 from tfrec_proxy.export import export_run
 from tfrec_proxy.metrics.clustering import silhouette_score
 from tfrec_proxy.models import (RetrievalModel, build_model, check_model_config,
@@ -90,6 +90,9 @@ def check_train_config(train: TrainConfig) -> None:
     if train.early_stopping_patience > 0 and train.monitor not in monitors:
         raise ValueError(f"Unknown early-stopping monitor {train.monitor!r}; expected one "
                          f"of {monitors} (eval_ks={list(train.eval_ks)}).")
+    if train.full_ranking_history not in FULL_RANKING_HISTORY:
+        raise ValueError(f"Unknown full_ranking_history {train.full_ranking_history!r}; "
+                         f"expected one of {FULL_RANKING_HISTORY}.")
     if train.eval_chunks not in EVAL_CHUNKS:
         raise ValueError(f"Unknown eval_chunks {train.eval_chunks!r}; expected one of "
                          f"{EVAL_CHUNKS}.")
@@ -201,20 +204,22 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
     train_seconds = time.perf_counter() - started
+    history = config.train.full_ranking_history
     metrics = evaluate_model(model, data, "test", ks=config.train.eval_ks,
                              num_negatives=config.train.num_negatives, seed=config.train.seed,
-                             chunks=config.train.eval_chunks)
+                             chunks=config.train.eval_chunks, history=history)
     if data.cold is not None and len(data.cold):
         # Items held out of training entirely (DataConfig.cold_items).
         cold = evaluate_model(model, data, "cold", ks=config.train.eval_ks,
-                              num_negatives=config.train.num_negatives, seed=config.train.seed)
+                              num_negatives=config.train.num_negatives, seed=config.train.seed,
+                              history=history)
         metrics.update({f"cold/{key}": value for key, value in cold.items()
                         if "/pop" not in key and "/freq" not in key})
     if data.test_unseen is not None and data.test_unseen.any():
         # The session task's next-unseen-item targets (ProxySR §4.1).
         unseen = evaluate_model(model, data, "test_unseen", ks=config.train.eval_ks,
                                 num_negatives=config.train.num_negatives,
-                                seed=config.train.seed)
+                                seed=config.train.seed, history=history)
         metrics.update({f"unseen/{key}": value for key, value in unseen.items()
                         if "/pop" not in key and "/freq" not in key})
     if data.item_clusters is not None:

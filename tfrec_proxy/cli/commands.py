@@ -98,7 +98,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_run(run, data, split=args.split, ks=train_config.eval_ks,
                            num_negatives=train_config.num_negatives, seed=train_config.seed,
                            full=not args.no_full,
-                           chunks=args.eval_chunks or train_config.eval_chunks)
+                           chunks=args.eval_chunks or train_config.eval_chunks,
+                           history=(args.full_ranking_history
+                                    or train_config.full_ranking_history))
     print(format_metrics(metrics))
     return 0
 

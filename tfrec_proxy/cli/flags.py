@@ -18,6 +18,7 @@ DEFAULT_DATA_PATH = "../shared/data/ml-1m"
 STRATEGIES = ("default", "mirrored", "multi_worker")  # tfrec_proxy.training.STRATEGIES
 OPTIMIZERS = ("adam", "sgd")  # tfrec_proxy.training.OPTIMIZERS
 EVAL_CHUNKS = ("all", "last")  # tfrec_proxy.training.EVAL_CHUNKS
+FULL_RANKING_HISTORY = ("kept", "removed")  # tfrec_proxy.evaluation.FULL_RANKING_HISTORY
 # data.prepare.DATA_SOURCES less "dataframe"
 DATA_SOURCES = ("synthetic", "file", "sessions", "synthetic-sessions", "shards")
 PATH_SOURCES = ("file", "sessions", "shards")  # sources read from --data-path
@@ -286,6 +287,10 @@ CONFIG_FLAGS: Tuple[ConfigFlag, ...] = (
                "evaluation example", type=positive_int),
     ConfigFlag("--eval-chunks", "train.eval_chunks", "evaluate every chunk's held-out "
                "items, or only each user's last chunk", choices=EVAL_CHUNKS),
+    ConfigFlag("--full-ranking-history", "train.full_ranking_history", "full-ranking "
+               "metrics rank the target against every item (kept, RAM 6.3) or skip the "
+               "user's other items (removed, RecBole's full sort)",
+               choices=FULL_RANKING_HISTORY),
     ConfigFlag("--seed", "train.seed", "training seed: weights, shuffling, negative "
                "sampling (the synthetic data has --data-seed)", type=seed_int),
     ConfigFlag("--strategy", "train.strategy", "tf.distribute strategy", choices=STRATEGIES),

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, List, NoReturn, Optional, Sequence
 
 from tfrec_proxy.cli.flags import (
-    EVAL_CHUNKS, PATH_SOURCES, CONFIG_FLAGS, ConfigFlag, any_int, positive_int)
+    EVAL_CHUNKS, FULL_RANKING_HISTORY, PATH_SOURCES, CONFIG_FLAGS, ConfigFlag, any_int,
+    positive_int)
 from tfrec_proxy.cli.histories import parse_history
 from tfrec_proxy.config import RunConfig
 from tfrec_proxy.run_format import INDEXES
@@ -130,6 +131,10 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--eval-chunks", choices=EVAL_CHUNKS,
                           help="every chunk's held-out items, or each user's last chunk "
                           "only (default: the run config's train.eval_chunks)")
+    evaluate.add_argument("--full-ranking-history", choices=FULL_RANKING_HISTORY,
+                          help="rank against every item (kept) or skip the user's other "
+                          "items (removed) (default: the run config's "
+                          "train.full_ranking_history)")
     evaluate.add_argument("--no-full", action="store_true",
                           help="skip the full-catalogue ranking metrics")
 
