@@ -184,6 +184,19 @@ def test_full_ranking_with_the_history_removed_by_hand(trained_run):
         evaluate_model(model, data, "test", history="all")
 
 
+def test_train_reports_the_full_ranking_history_its_config_asks_for():
+    from tfrec_proxy.evaluation import evaluate_model
+
+    result = train(tiny_config(epochs=1, full_ranking_history="removed"), export=False,
+                   verbose=0)
+    train_config = tiny_config().train
+    options = dict(ks=train_config.eval_ks, num_negatives=train_config.num_negatives)
+    removed = evaluate_model(result.model, result.data, "test", history="removed", **options)
+    kept = evaluate_model(result.model, result.data, "test", history="kept", **options)
+    assert result.metrics["full/mrr"] == pytest.approx(removed["full/mrr"], abs=1e-9)
+    assert removed["full/mrr"] > kept["full/mrr"]  # fewer competitors: better ranks
+
+
 def test_training_changes_with_the_seed_but_not_the_data():
     """The training seed and the data seed are separate settings."""
     first = train(tiny_config(epochs=1, seed=1), export=False, verbose=0)

@@ -204,22 +204,22 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
     train_seconds = time.perf_counter() - started
-    history = config.train.full_ranking_history
+    ranking_history = config.train.full_ranking_history
     metrics = evaluate_model(model, data, "test", ks=config.train.eval_ks,
                              num_negatives=config.train.num_negatives, seed=config.train.seed,
-                             chunks=config.train.eval_chunks, history=history)
+                             chunks=config.train.eval_chunks, history=ranking_history)
     if data.cold is not None and len(data.cold):
         # Items held out of training entirely (DataConfig.cold_items).
         cold = evaluate_model(model, data, "cold", ks=config.train.eval_ks,
                               num_negatives=config.train.num_negatives, seed=config.train.seed,
-                              history=history)
+                              history=ranking_history)
         metrics.update({f"cold/{key}": value for key, value in cold.items()
                         if "/pop" not in key and "/freq" not in key})
     if data.test_unseen is not None and data.test_unseen.any():
         # The session task's next-unseen-item targets (ProxySR §4.1).
         unseen = evaluate_model(model, data, "test_unseen", ks=config.train.eval_ks,
                                 num_negatives=config.train.num_negatives,
-                                seed=config.train.seed, history=history)
+                                seed=config.train.seed, history=ranking_history)
         metrics.update({f"unseen/{key}": value for key, value in unseen.items()
                         if "/pop" not in key and "/freq" not in key})
     if data.item_clusters is not None:
