@@ -149,7 +149,8 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
         seconds = time.perf_counter() - started + resumed.get("earlier_seconds", 0.0)
         append_result(results, {
             "method": method, "seed": int(seed), "seconds": round(seconds, 2),
-            "config_hash": digest, "grid_hash": grid, **({"resumed": resumed} if resumed else {}),
+            "config_hash": digest, "grid_hash": grid,
+            **({"resumed": resumed} if resumed else {}),
             "epochs": sum(p["epochs"] for p in result.phases),
             "phases": [{key: p[key] for key in ("name", "epochs", "seconds")}
                        for p in result.phases],

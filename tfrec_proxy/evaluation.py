@@ -3,10 +3,9 @@
 IDW §4.2 protocol: HR@k/NDCG@k of the ground-truth item ranked against sampled items
 the user never interacted with (99 by default), plus the same metrics over the full
 catalogue (computed in candidate chunks; the user's other items kept, RAM §6.3, or
-removed), each split into head (20% most frequent)
-and tail targets, into five popularity groups of equal size (`pop1` most popular ..
-`pop5`) and into ten frequency groups of equal interaction mass (PIR §4.3: `freq0`
-most frequent .. `freq9`).
+removed), each split into head (20% most frequent) and tail targets, into five
+popularity groups of equal size (`pop1` most popular .. `pop5`) and into ten frequency
+groups of equal interaction mass (PIR §4.3: `freq0` most frequent .. `freq9`).
 
 This module does not import the serving code: an exported run is evaluated through
 whatever object `evaluate_run` is given (a `tfrec_proxy.serving.Run`).
