@@ -67,11 +67,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "sasrec_speed.jsonl"
 RECBOLE_QUOTED = 650.0  # the issue's figure for RecBole 1.2.1 on the 2-core CPU
 OURS, PLAIN, RECBOLE = "ours (SASRec, all positions)", "plain TFRS (GRU)", "RecBole 1.2.1 SASRec"
 
-# Runs in the RecBole interpreter: argv = interactions file (`user item` lines in
-# time order), work dir, settings JSON. Prints "@@READY {...}" after the warm-up, then
-# for each "run" line on stdin trains the held batches once and prints
-# "@@RATE examples seconds"; exits on "quit" or end of input.
-RECBOLE_WORKER = r'''
+# The start of every RecBole worker (run in the RecBole interpreter): argv =
+# interactions file (`user item` lines in time order), work dir, settings JSON. Writes
+# the atomic file, builds RecBole's SASRec at the settings, its leave-one-out
+# train/valid/test loaders (full sort: the user's other items masked) and an Adam.
+RECBOLE_SETUP = r'''
 import json, os, sys, time
 source, work, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 sys.argv = sys.argv[:1]  # RecBole's Config parses the command line
@@ -102,11 +102,17 @@ config = Config(model="SASRec", dataset="ml1m", config_dict={
     "learning_rate": settings["learning_rate"], "use_gpu": False, "seed": 0,
     "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full",
                   "group_by": "user"},
+    "metrics": ["Recall", "NDCG"], "topk": [10, 20], "valid_metric": "NDCG@10",
     "show_progress": False, "save_dataset": False, "save_dataloaders": False})
 init_seed(config["seed"], config["reproducibility"])
-train_data = data_preparation(config, create_dataset(config))[0]
+train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
 model = SASRec(config, train_data.dataset).to(config["device"])
 optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+'''
+# The speed worker: prints "@@READY {...}" after the warm-up, then for each "run"
+# line on stdin trains the held batches once and prints "@@RATE examples seconds";
+# exits on "quit" or end of input.
+RECBOLE_WORKER = RECBOLE_SETUP + r'''
 batches = []
 while len(batches) < settings["steps"]:  # the first --steps batches, epochs cycled
     for interaction in train_data:
@@ -201,19 +207,24 @@ def held_batches(dataset, steps: int) -> List[Dict]:
     return [dict(batch) for batch in dataset.repeat().take(steps)]
 
 
-def start_recbole(args, data, threads: int) -> RecBoleWorker:
-    """The RecBole worker on ML-1M's `ml-1m.txt`, or on the synthetic interactions
-    written as `user item` lines (per user in time order) into the work dir."""
-    work = Path(args.recbole_dir or tempfile.mkdtemp(prefix="sasrec_speed_recbole_"))
-    work.mkdir(parents=True, exist_ok=True)
+def recbole_source(args, data, work: Path) -> Path:
+    """The `user item` lines (per user in time order) RecBole reads: ML-1M's
+    `ml-1m.txt`, or the synthetic interactions written into the work dir."""
     if args.data == "ml1m":
         source = resolve_data_path(args.data_path)
-        source = source / "ml-1m.txt" if source.is_dir() else source
-    else:
-        source = work / "synthetic.txt"
-        frame = data.interactions.sort_values(["user_id", "timestamp"], kind="stable")
-        source.write_text("".join(f"{u} {i}\n" for u, i in zip(frame["user_id"],
-                                                                frame["item_id"])))
+        return source / "ml-1m.txt" if source.is_dir() else source
+    source = work / "synthetic.txt"
+    frame = data.interactions.sort_values(["user_id", "timestamp"], kind="stable")
+    source.write_text("".join(f"{u} {i}\n" for u, i in zip(frame["user_id"],
+                                                            frame["item_id"])))
+    return source
+
+
+def start_recbole(args, data, threads: int) -> RecBoleWorker:
+    """The RecBole worker on `recbole_source`'s interactions."""
+    work = Path(args.recbole_dir or tempfile.mkdtemp(prefix="sasrec_speed_recbole_"))
+    work.mkdir(parents=True, exist_ok=True)
+    source = recbole_source(args, data, work)
     return RecBoleWorker(args.recbole_python, source, work, {
         "dim": args.dim, "inner_size": args.recbole_inner_size, "max_len": args.max_len,
         "batch_size": args.batch_size, "learning_rate": args.learning_rate,

@@ -61,6 +61,10 @@ def _smoke_jobs(tmp):
                         "--warmup", "1", "--repeats", "1", "--blocks", "2", "--max-len",
                         "20", "--batch-size", "500", "--dim", "8", "--heads", "2")],
         "epoch_time": [("bench_epoch_time.py", "--quick", "--settings", "500:8:8")],
+        "recbole_accuracy": [("bench_recbole_accuracy.py", "--data", "synthetic",
+                              "--minutes", "0.05", "--results", tmp / "accuracy.jsonl"),
+                             ("bench_recbole_accuracy.py", "--summarize", "--results",
+                              tmp / "accuracy.jsonl")],
         "felrec": [("repro_felrec.py", "--quick", "--methods", "felrec_q", "two_tower",
                     "--seeds", "0", "--results", tmp / "felrec.jsonl"),
                    ("repro_felrec.py", "--summarize", "--results", tmp / "felrec.jsonl")],
@@ -365,6 +369,21 @@ def test_bench_epoch_time_smoke(smoke):
     (out,) = _result(smoke, "epoch_time")
     assert "targets 500, min sequences 8, d=8:" in out.stdout
     assert "s for the epoch (" in out.stdout
+
+
+def test_bench_recbole_accuracy_smoke(smoke):
+    """Ours only (CI has no RecBole): trained for the budget, tested by full ranking
+    with the user's other items removed (RecBole's full sort)."""
+    out, summary = _result(smoke, "recbole_accuracy", 2)
+    (record,) = [json.loads(line) for line in (smoke[0] / "accuracy.jsonl").read_text()
+                 .splitlines()]
+    assert record["recbole"] is None and record["minutes"] == 0.05
+    ours = record["ours"]
+    assert ours["config"]["train"]["full_ranking_history"] == "removed"
+    assert ours["config"]["train"]["time_budget_minutes"] == 0.05
+    assert ours["config"]["data"]["max_len"] == 50 and ours["epochs"] >= 1
+    assert 0.0 <= ours["test"]["ndcg@10"] <= ours["test"]["recall@10"] <= 1.0
+    assert "| ours | 0.05 |" in summary.stdout
 
 
 def test_repro_felrec_smoke(smoke):
