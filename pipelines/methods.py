@@ -139,11 +139,7 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
     print(f"data: {data.summary()}", flush=True)
     for number, (method, seed) in enumerate(todo, start=1):
         config = with_overrides(base, variants[method], seed)
-        digest = config_hash(config)  # before the backup folder: same runs, same hash
-        resumed: Dict[str, Any] = {}
-        if backup_root is not None:
-            config.train.backup_dir = str(Path(backup_root) / f"{method}-seed{seed}")
-            resumed = backed_up_progress(config.train.backup_dir)
+        digest, resumed = with_backup(config, backup_root, method, seed)
         started = time.perf_counter()
         result = train(config, export=False, verbose=verbose, data=data)
         seconds = time.perf_counter() - started + resumed.get("earlier_seconds", 0.0)
@@ -159,6 +155,19 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
         extra = f"; {describe(result.metrics)}" if describe else ""
         print(f"[{number}/{len(todo)}] {method} seed {seed}: {seconds / 60:.1f} min, "
               f"{sum(p['epochs'] for p in result.phases)} epochs{extra}", flush=True)
+
+
+def with_backup(config: RunConfig, backup_root: Optional[Union[str, Path]], method: str,
+                seed: int) -> Tuple[str, Dict[str, Any]]:
+    """`(config hash, where its backup stands)`: the hash is taken before the backup
+    folder is set (same runs, same hash); with `backup_root`, sets
+    `config.train.backup_dir` to `backup_root/<method>-seed<seed>` and returns
+    `backed_up_progress` of it (`{}` without a backup)."""
+    digest = config_hash(config)
+    if backup_root is None:
+        return digest, {}
+    config.train.backup_dir = str(Path(backup_root) / f"{method}-seed{seed}")
+    return digest, backed_up_progress(config.train.backup_dir)
 
 
 def backed_up_progress(directory: Union[str, Path]) -> Dict[str, Any]:

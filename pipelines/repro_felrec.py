@@ -79,9 +79,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from methods import (add_grid_arguments, append_result, backed_up_progress,  # noqa: E402
-                     config_hash, default_results, grid_todo, markdown_table, mean,
-                     mean_std, runs_by_method, with_overrides)
+from methods import (add_grid_arguments, append_result,  # noqa: E402
+                     default_results, grid_todo, markdown_table, mean, mean_std,
+                     runs_by_method, with_backup, with_overrides)
 
 HERE = Path(__file__).resolve().parent
 NAME = "felrec_synthetic"
@@ -330,11 +330,8 @@ def run_grid(args: argparse.Namespace) -> None:
         config = with_overrides(base, VARIANTS[method], seed)
         if args.quick:  # every method one epoch (the two-tower's overrides set 20)
             config.train.epochs, config.train.early_stopping_patience = 1, 0
-        digest = config_hash(config)  # before the backup folder: same runs, same hash
-        resumed: Dict[str, Any] = {}
-        if args.backup_root is not None:  # per-epoch backups: a killed run resumes
-            config.train.backup_dir = str(Path(args.backup_root) / f"{method}-seed{seed}")
-            resumed = backed_up_progress(config.train.backup_dir)
+        # Per-epoch backups: a killed run resumes.
+        digest, resumed = with_backup(config, args.backup_root, method, seed)
         started = time.perf_counter()
         extra: Dict[str, Any] = {"resumed": resumed} if resumed else {}
         if config.model.encoder == "felrec":
