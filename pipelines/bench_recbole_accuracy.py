@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from bench_sasrec_speed import RECBOLE_SETUP, recbole_source  # pipelines/ is on sys.path
+from bench_sasrec_speed import (RECBOLE_SETUP, add_recbole_arguments,
+                                recbole_source)  # pipelines/ is on sys.path
 from methods import append_result, markdown_table, read_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recbole_accuracy.jsonl"
@@ -157,20 +158,11 @@ def summarize(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=("ml1m", "synthetic"), default="ml1m")
-    parser.add_argument("--data-path", help="ML-1M folder or ml-1m.txt")
+    add_recbole_arguments(parser, RESULTS)
     parser.add_argument("--minutes", type=float, default=30.0,
                         help="training wall time of each contender")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--max-len", type=int, default=50, help="history length L")
     parser.add_argument("--ours-max-len", type=int,
                         help="our history length, if not --max-len (e.g. 200)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="targets per step")
-    parser.add_argument("--learning-rate", type=float, default=0.001)
-    parser.add_argument("--recbole-python", help="interpreter with recbole==1.2.1 + torch")
-    parser.add_argument("--recbole-dir", help="RecBole work dir (default: a new /tmp dir)")
-    parser.add_argument("--results", default=str(RESULTS), help="JSON lines file")
-    parser.add_argument("--summarize", action="store_true", help="print --results, exit")
     args = parser.parse_args()
     if args.summarize:
         return summarize(Path(args.results))

@@ -259,26 +259,34 @@ def report(rates: Dict[str, List[float]]) -> None:
     print(f"ours / plain TFRS: {median[OURS] / median[PLAIN]:.2f} (goal >= 0.7)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_recbole_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The settings every SASRec-vs-RecBole script shares (this one and
+    `bench_recbole_accuracy.py`): data, d, L, targets per step, learning rate, the
+    RecBole interpreter and work folder, the results file (default `results`) and
+    `--summarize`."""
     parser.add_argument("--data", choices=("ml1m", "synthetic"), default="ml1m",
                         help="ML-1M (--data-path, default ../shared/data/ml-1m) or the "
                              "default synthetic data (smoke runs)")
     parser.add_argument("--data-path", help="ML-1M folder or ml-1m.txt")
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per round")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds per contender")
     parser.add_argument("--dim", type=int, default=64, help="d of every contender")
     parser.add_argument("--max-len", type=int, default=50, help="history length L")
     parser.add_argument("--batch-size", type=int, default=1024, help="targets per step")
     parser.add_argument("--learning-rate", type=float, default=0.001)
-    parser.add_argument("--jit-compile", action="store_true", help="XLA TF train steps")
     parser.add_argument("--recbole-python", help="interpreter with recbole==1.2.1 + torch")
+    parser.add_argument("--recbole-dir", help="RecBole work dir (default: a new /tmp dir)")
+    parser.add_argument("--results", default=str(results), help="JSON lines file")
+    parser.add_argument("--summarize", action="store_true", help="print --results, exit")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_recbole_arguments(parser, RESULTS)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per contender")
+    parser.add_argument("--jit-compile", action="store_true", help="XLA TF train steps")
     parser.add_argument("--recbole-inner-size", type=int, default=64,
                         help="RecBole's feed-forward width (ours: d; RecBole default 256)")
-    parser.add_argument("--recbole-dir", help="RecBole work dir (default: a new /tmp dir)")
-    parser.add_argument("--results", default=str(RESULTS), help="JSON lines file")
-    parser.add_argument("--summarize", action="store_true", help="print --results, exit")
     args = parser.parse_args()
     if args.summarize:
         return summarize(Path(args.results))

@@ -27,7 +27,7 @@ NDCG@10 with patience 5). Methods (`--methods`):
 | `ram_ce_d256_45min` | RAM (user embedding) at that size | as `sasrec_ce_d256_45min` |
 | `sasrec_ce_small_batch_10min` | SASRec d = 64 | full softmax, 3,200 targets per step, 10 minutes |
 | `sasrec_ce_small_batch_lr3e-3_10min` | the same | the same with Adam 3e-3 |
-| `sasrec_ce_small_batch_lr3e-3` / `ram_ce_small_batch_lr3e-3` | SASRec / RAM d = 64 | full softmax, 3,200 targets per step, Adam 3e-3, patience 10, no time budget |
+| `sasrec_ce_small_batch_lr3e-3` / `ram_ce_small_batch_lr3e-3` | SASRec / RAM d = 64 | full softmax, 3,200 targets per step, Adam 3e-3, patience 10, at most 120 minutes |
 
 Each finished run appends a JSON line to `pipelines/results/sasrec_ml1m.jsonl`;
 `--summarize` prints mean ± std over seeds next to RAM Table 3 (SASRec R@10 0.2589 /
@@ -94,16 +94,21 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     # The small-step recipe (4x the updates per epoch at about the same cost per
     # epoch, Adam 3e-3) trained to early stopping (patience 10): SASRec and RAM
     # compared at equal settings and epochs rather than at equal wall-clock time.
+    # Capped at 120 minutes so that one run ends inside a 3-hour working session:
+    # grid backups (saved_models/) do not outlive the session's machine, and a run
+    # at one thread needs several hours to reach patience 10.
     "sasrec_ce_small_batch_lr3e-3": {"model.encoder": "sasrec", **_CE,
                                      "model.embedding_dim": 64, "train.batch_size": 3200,
                                      "train.min_sequences_per_batch": 16,
                                      "train.learning_rate": 3e-3,
-                                     "train.early_stopping_patience": 10},
+                                     "train.early_stopping_patience": 10,
+                                     "train.time_budget_minutes": 120.0},
     "ram_ce_small_batch_lr3e-3": {"model.encoder": "ram", **_CE,
                                   "model.embedding_dim": 64, "train.batch_size": 3200,
                                   "train.min_sequences_per_batch": 16,
                                   "train.learning_rate": 3e-3,
-                                  "train.early_stopping_patience": 10},
+                                  "train.early_stopping_patience": 10,
+                                  "train.time_budget_minutes": 120.0},
 }
 # Full-ranking Recall@10, NDCG@10 (RAM Table 3; SASRec+CE: the best published figure
 # we hold for this protocol).
