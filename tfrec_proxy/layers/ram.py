@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from tfrec_proxy._tf import tf
-from tfrec_proxy.layers.sasrec import BlockEncoder
+from tfrec_proxy.layers.sasrec import BlockEncoder, build_block_encoder
 from tfrec_proxy.registry import ENCODERS
 
 # Id table entries before `set_users` or a weight restore: matches no real user
@@ -216,25 +216,16 @@ class UserEmbedding(tf.keras.layers.Layer):
         return config
 
 
-def _build_ram(config: Any, context: Any,
-               item_encoder: Optional[tf.keras.layers.Layer]) -> RAMEncoder:
-    return RAMEncoder(context.vocab_size, config.embedding_dim, context.max_len,
-                      config.num_layers, config.num_heads, config.dropout, causal=True,
-                      num_positions=context.trained_positions or context.max_len,
-                      oov_rate=config.history_oov_rate, item_encoder=item_encoder,
-                      name="encoder")
-
-
 @ENCODERS.register("ram", user_embedding=True)
 def build_ram_encoder(config: Any, context: Any,
                       item_encoder: Optional[tf.keras.layers.Layer]) -> RAMEncoder:
     """`"ram"`: RAM's `ModelConfig.num_layers` (n_b) attention blocks over reused item
     representations; the query tower adds the user embedding u (eq. 5)."""
-    return _build_ram(config, context, item_encoder)
+    return build_block_encoder(RAMEncoder, config, context, item_encoder)
 
 
 @ENCODERS.register("ram-u")
 def build_ram_u_encoder(config: Any, context: Any,
                         item_encoder: Optional[tf.keras.layers.Layer]) -> RAMEncoder:
     """`"ram-u"`: RAM without the user embedding."""
-    return _build_ram(config, context, item_encoder)
+    return build_block_encoder(RAMEncoder, config, context, item_encoder)

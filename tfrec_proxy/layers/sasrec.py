@@ -242,15 +242,22 @@ class SASRecEncoder(BlockEncoder):
         return self._output_norm(x)
 
 
+def build_block_encoder(cls: type, config: Any, context: Any,
+                        item_encoder: Optional[tf.keras.layers.Layer]) -> BlockEncoder:
+    """A causal `BlockEncoder` subclass `cls` (SASRec, RAM) from a `ModelConfig` and the
+    registry's build context: `ModelConfig.num_layers` blocks, positions for the
+    trained history length."""
+    return cls(context.vocab_size, config.embedding_dim, context.max_len,
+               config.num_layers, config.num_heads, config.dropout, causal=True,
+               num_positions=context.trained_positions or context.max_len,
+               oov_rate=config.history_oov_rate, item_encoder=item_encoder, name="encoder")
+
+
 @ENCODERS.register("sasrec")
 def build_sasrec_encoder(config: Any, context: Any,
                          item_encoder: Optional[tf.keras.layers.Layer]) -> SASRecEncoder:
     """The `"sasrec"` encoder: `ModelConfig.num_layers` blocks (SASRec: 2)."""
-    return SASRecEncoder(context.vocab_size, config.embedding_dim, context.max_len,
-                         config.num_layers, config.num_heads, config.dropout, causal=True,
-                         num_positions=context.trained_positions or context.max_len,
-                         oov_rate=config.history_oov_rate, item_encoder=item_encoder,
-                         name="encoder")
+    return build_block_encoder(SASRecEncoder, config, context, item_encoder)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_proxy")
