@@ -116,7 +116,8 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
                      variants: Mapping[str, Mapping[str, Any]],
                      order: Sequence[Tuple[str, int]],
                      describe: Any = None, verbose: int = 0,
-                     backup_root: Optional[Union[str, Path]] = None) -> None:
+                     backup_root: Optional[Union[str, Path]] = None,
+                     extra_metrics: Any = None) -> None:
     """Trains every `(variant, seed)` of `order` not yet in `results` (no export),
     on data prepared once from `base`, appending one JSON line per finished run:
     variant (`method`), seed, seconds, config/grid hashes, epochs, phases, trainable
@@ -127,7 +128,8 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
     `backup_root/<variant>-seed<seed>` (`TrainConfig.backup_dir`), so a run killed
     mid-way (a session's end) resumes from its last epoch when the grid is started
     again; its `seconds` then include the earlier processes' training time and
-    `resumed` says where it picked up."""
+    `resumed` says where it picked up. `extra_metrics(model, data, config) -> dict`,
+    when given, adds to each run's metrics (e.g. a second evaluation protocol)."""
     from tfrec_proxy.data import prepare_data
     from tfrec_proxy.export import parameter_report
     from tfrec_proxy.training import train
@@ -143,6 +145,8 @@ def run_variant_grid(results: Union[str, Path], base: RunConfig,
         started = time.perf_counter()
         result = train(config, export=False, verbose=verbose, data=data)
         seconds = time.perf_counter() - started + resumed.get("earlier_seconds", 0.0)
+        if extra_metrics is not None:
+            result.metrics.update(extra_metrics(result.model, data, config))
         append_result(results, {
             "method": method, "seed": int(seed), "seconds": round(seconds, 2),
             "config_hash": digest, "grid_hash": grid,
