@@ -193,14 +193,14 @@ def history_removed_metrics(model: Any, data: Any, config: Any) -> Dict[str, flo
     beside the protocol's history-kept one: the sampled metrics never rank history
     items, the kept full ranking does, so the gap between the two full rankings says
     how much a model loses to putting the user's own items in its top k."""
-    from tfrec_proxy.evaluation import evaluate_model
+    from tfrec_proxy.evaluation import evaluate_model, overall_metrics
 
     metrics = evaluate_model(model, data, "test", ks=config.train.eval_ks,
                              num_negatives=config.train.num_negatives,
                              seed=config.train.seed, chunks=config.train.eval_chunks,
                              history="removed")
-    return {f"removed/{key}": value for key, value in metrics.items()
-            if key.startswith("full/") and "/pop" not in key and "/freq" not in key}
+    return {key: value for key, value in overall_metrics(metrics, "removed/").items()
+            if key.startswith("removed/full/")}
 
 
 if __name__ == "__main__":

@@ -347,7 +347,14 @@ def test_repro_sasrec_ml1m_smoke(smoke):
     out, summary = _result(smoke, "sasrec", 2)
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["method"] for r in records] == ["sasrec_bce", "ram"]
-    assert "full/ndcg@10" in records[1]["metrics"]
+    metrics = records[1]["metrics"]
+    assert "full/ndcg@10" in metrics
+    # The history-removed ranking: overall figures only, and never worse than kept
+    # (removing other items can only lift the target).
+    removed = [key for key in metrics if key.startswith("removed/")]
+    assert "removed/full/hr@10" in removed and "removed/full/tail/hr@10" in removed
+    assert not [key for key in removed if "/pop" in key or "/freq" in key]
+    assert metrics["removed/full/hr@10"] >= metrics["full/hr@10"]
     curve = records[1]["curves"]["val_ndcg@10"]  # one value per epoch trained
     assert len(curve) == records[1]["epochs"] and 0.0 < curve[0] <= 1.0
     assert "| ram | 1 |" in summary.stdout and "0.2930 / 0.1612" in summary.stdout

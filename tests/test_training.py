@@ -135,6 +135,16 @@ def test_evaluate_run_keeps_oov_history_items_oov(trained_run):
     assert unknown_raw_id(np.array([0, 1, 3])) == 2 and unknown_raw_id(np.array([5])) == 0
 
 
+def test_overall_metrics_drops_the_group_breakdowns_and_prefixes():
+    from tfrec_proxy.evaluation import overall_metrics
+
+    metrics = {"sampled/hr@5": 0.1, "full/hr@5": 0.2, "full/tail/hr@5": 0.3,
+               "full/pop1/hr@5": 0.4, "full/freq9/ndcg@5": 0.5}
+    assert overall_metrics(metrics, "cold/") == {
+        "cold/sampled/hr@5": 0.1, "cold/full/hr@5": 0.2, "cold/full/tail/hr@5": 0.3}
+    assert overall_metrics({}, "x/") == {}
+
+
 def test_last_chunk_evaluation_and_early_stopping(trained_run):
     from tfrec_proxy.evaluation import SampledRankingCallback, evaluate_model
 

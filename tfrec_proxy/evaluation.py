@@ -63,6 +63,21 @@ def evaluate_model(model: tf.keras.Model, data: PreparedData, split: str = "test
                      history=history)
 
 
+def overall_metrics(metrics: Dict[str, float], prefix: str) -> Dict[str, float]:
+    """`metrics` without the popularity/frequency-group breakdowns, keys prefixed.
+
+    For secondary evaluations (cold items, unseen targets, the history-removed
+    ranking) whose per-group figures would only repeat the main split's groups.
+
+    Example:
+
+    >>> overall_metrics({"full/hr@5": 0.5, "full/pop1/hr@5": 0.9}, "cold/")
+    {'cold/full/hr@5': 0.5}
+    """
+    return {f"{prefix}{key}": value for key, value in metrics.items()
+            if "/pop" not in key and "/freq" not in key}
+
+
 def unknown_raw_id(ids: np.ndarray) -> int:
     """A non-negative raw id that is not in `ids` (so a SavedModel maps it to OOV)."""
     candidates = np.arange(len(ids) + 1, dtype=np.int64)

@@ -26,7 +26,7 @@ from tfrec_proxy.backup import TrainingBackup, checkpointable_random, random_gen
 from tfrec_proxy.config import RunConfig, TrainConfig
 from tfrec_proxy.data import PreparedData, Vocabulary, prepare_data
 from tfrec_proxy.data.prepare import CHUNKS, trained_positions
-from tfrec_proxy.evaluation import FULL_RANKING_HISTORY, evaluate_model
+from tfrec_proxy.evaluation import FULL_RANKING_HISTORY, evaluate_model, overall_metrics
 from tfrec_proxy.export import export_run
 from tfrec_proxy.metrics.clustering import silhouette_score
 from tfrec_proxy.models import (RetrievalModel, build_model, check_model_config,
@@ -213,15 +213,13 @@ def train(config: Optional[RunConfig] = None, *, output_dir: Union[str, Path] = 
         cold = evaluate_model(model, data, "cold", ks=config.train.eval_ks,
                               num_negatives=config.train.num_negatives, seed=config.train.seed,
                               history=ranking_history)
-        metrics.update({f"cold/{key}": value for key, value in cold.items()
-                        if "/pop" not in key and "/freq" not in key})
+        metrics.update(overall_metrics(cold, "cold/"))
     if data.test_unseen is not None and data.test_unseen.any():
         # The session task's next-unseen-item targets (ProxySR §4.1).
         unseen = evaluate_model(model, data, "test_unseen", ks=config.train.eval_ks,
                                 num_negatives=config.train.num_negatives,
                                 seed=config.train.seed, history=ranking_history)
-        metrics.update({f"unseen/{key}": value for key, value in unseen.items()
-                        if "/pop" not in key and "/freq" not in key})
+        metrics.update(overall_metrics(unseen, "unseen/"))
     if data.item_clusters is not None:
         # Clustering quality of the item vectors against the synthetic ground truth
         # (IDW §3.2, mean silhouette).
