@@ -84,6 +84,33 @@ def test_ram_user_embedding_is_served(ram_result, capsys):
     assert main(["recommend", "--run", str(run_dir), "--history", "3,4,5", "-k", "3"]) == 0
 
 
+def test_ram_u_without_user_embedding_through_the_cli(tmp_path, capsys):
+    """`--encoder ram-u` (the issue-15 grid's RAM-u): trains, exports no user table,
+    reloads in a fresh process with identical outputs and recommends from the CLI."""
+    from tfrec_proxy.training import restore_model
+
+    tiny_config(epochs=2).to_json(tmp_path / "config.json")
+    assert main(["train", "--config", str(tmp_path / "config.json"), "--output",
+                 str(tmp_path), "--run-name", "ramu", "--encoder", "ram-u",
+                 "--item-tower", "shared", "--split", "per-user", "--loss", "full-softmax",
+                 "--num-blocks", "2"]) == 0
+    run_dir = tmp_path / "ramu"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["method"]["encoder"] == "ram-u"
+    assert metrics["history"]["val_ndcg@20"][-1] > 0
+    assert not (run_dir / "users.json").exists()
+    model, vocab, _ = restore_model(run_dir)
+    ids = np.load(run_dir / "candidates.npz")["ids"]
+    histories = [[int(i) for i in ids[j:j + 4]] for j in range(0, 12, 4)]
+    served = _fresh(run_dir, histories)
+    keras = model.query_embeddings(np.stack([vocab.lookup(h) for h in histories]))
+    np.testing.assert_allclose(np.asarray(served["embed"]), keras, atol=1e-5)
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(run_dir), "--history",
+                 ",".join(map(str, histories[0])), "-k", "3"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 3
+
+
 def test_proxysr_trains_anneals_and_serves_through_ann(proxysr_run):
     """ProxySR via the CLI: eq. 7 scorer picked by `--scorer auto`, the temperature
     annealed per epoch, export with identical reloaded outputs, and ScaNN candidates
