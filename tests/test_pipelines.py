@@ -127,6 +127,35 @@ def test_configs_parse_and_build():
         build_model(config.model, vocab_size=10, max_len=config.data.max_len)
 
 
+def test_readme_time_to_quality_command_is_the_measured_recipe(capsys):
+    """The README's 10-minute SASRec command resolves to the config of the grid
+    variant whose figures BENCHMARKS.md reports for it."""
+    import shlex
+
+    from tfrec_proxy.cli import main
+
+    sys.path.insert(0, str(PIPELINES))
+    from methods import with_overrides
+    from repro_sasrec_ml1m import VARIANTS
+
+    readme = (PIPELINES.parent / "README.md").read_text()
+    line, = [row for row in readme.splitlines() if "# SASRec+CE, 10 minutes" in row]
+    words = shlex.split(line.split("#")[0])
+    assert words[:2] == ["tfrec-proxy", "train"]
+    capsys.readouterr()
+    assert main(["config", *words[2:]]) == 0
+    documented = json.loads(capsys.readouterr().out)
+    base = RunConfig.from_json(PIPELINES / "configs" / "ml1m_sasrec.json")
+    measured = json.loads(json.dumps(
+        with_overrides(base, VARIANTS["sasrec_ce_small_batch_lr3e-3_10min"]).to_dict()))
+    # `--embedding-dim` also resizes the id item tower's last layer, which the shared
+    # item tower never reads.
+    assert documented["model"]["item_tower"] == measured["model"]["item_tower"] == "shared"
+    for config in (documented, measured):
+        del config["model"]["item_hidden_units"]
+    assert documented == measured
+
+
 def test_ml1m_idw_config():
     config = RunConfig.from_json(PIPELINES / "configs" / "ml1m_idw.json")
     assert (config.data.source, config.data.path) == ("file", None)
