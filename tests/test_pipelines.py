@@ -1,5 +1,6 @@
 """Pipelines: configs parse, benchmark scripts run on tiny settings."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,16 @@ import pytest
 from tfrec_proxy.config import RunConfig
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+@contextlib.contextmanager
+def _pipelines_importable():
+    """`pipelines/` on `sys.path` for the imports inside the block only."""
+    sys.path.insert(0, str(PIPELINES))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(PIPELINES))
 
 
 def _smoke_jobs(tmp):
@@ -134,9 +145,9 @@ def test_readme_time_to_quality_command_is_the_measured_recipe(capsys):
 
     from tfrec_proxy.cli import main
 
-    sys.path.insert(0, str(PIPELINES))
-    from methods import with_overrides
-    from repro_sasrec_ml1m import VARIANTS
+    with _pipelines_importable():
+        from methods import with_overrides
+        from repro_sasrec_ml1m import VARIANTS
 
     readme = (PIPELINES.parent / "README.md").read_text()
     line, = [row for row in readme.splitlines() if "# SASRec+CE, 10 minutes" in row]
@@ -198,11 +209,8 @@ def test_sweep_baseline_smoke(smoke):
 
 
 def test_methods_presets():
-    sys.path.insert(0, str(PIPELINES))
-    try:
+    with _pipelines_importable():
         import methods
-    finally:
-        sys.path.remove(str(PIPELINES))
     assert list(methods.METHODS) == ["sur", "mur", "frequency", "focal", "qmargin",
                                      "item_norm", "posthoc", "sur_idw", "mur_idw"]
     base = RunConfig()
@@ -246,11 +254,8 @@ def test_grid_backs_each_run_up_and_counts_a_resumed_runs_earlier_time(tmp_path,
     import tfrec_proxy.export
     import tfrec_proxy.training
 
-    sys.path.insert(0, str(PIPELINES))
-    try:
+    with _pipelines_importable():
         import methods
-    finally:
-        sys.path.remove(str(PIPELINES))
     folders = []
 
     def fake_train(config, **kwargs):
@@ -318,12 +323,9 @@ def test_repro_idw_table1_smoke(smoke):
 
 
 def test_repro_idw_table1_work_order():
-    sys.path.insert(0, str(PIPELINES))
-    try:
+    with _pipelines_importable():
         from methods import METHODS
         from repro_idw_table1 import work_order
-    finally:
-        sys.path.remove(str(PIPELINES))
 
     order = work_order(list(METHODS), [0, 1, 2], [0])
     assert order[:4] == [("sur", 0), ("mur_idw", 0), ("mur", 0), ("sur_idw", 0)]
